@@ -1,0 +1,1 @@
+//! `nsrun pull | images | inspect | rmi | gc` (being written).

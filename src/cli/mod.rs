@@ -1,0 +1,3 @@
+//! The command line: parses, then calls the library.
+
+pub mod image;

@@ -1,0 +1,3 @@
+mod cli;
+
+fn main() {}

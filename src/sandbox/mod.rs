@@ -1,0 +1,23 @@
+//! The sandbox: one command, fresh namespaces, a read-only root, and nothing left behind.
+//!
+//! The parent side ([`spawn`]) builds a [`plan::Plan`] from a [`SandboxSpec`], clones the child,
+//! writes its id maps, places it in a cgroup and waits. The child side ([`child`]) walks the plan's
+//! mount steps, pivots into the root and becomes pid 1 ([`init`]), which starts the tool, reaps
+//! zombies and forwards signals.
+
+pub mod caps;
+pub mod cgroup;
+mod child;
+pub mod diagnose;
+pub mod idmap;
+mod init;
+mod mounts;
+pub mod plan;
+pub mod seccomp;
+pub mod spawn;
+pub mod spec;
+mod sys;
+pub mod user;
+
+
+pub use spec::{parse_size, BindMount, Network, SandboxSpec, TmpfsMount};

@@ -1,0 +1,229 @@
+//! What a caller asks for: plain, serialisable data with no file descriptors and no `CString`s.
+//!
+//! A [`SandboxSpec`] crosses a process boundary (library → helper) as JSON, so every field is
+//! owned, `serde`-friendly data. Turning it into something executable is [`super::plan`]'s job.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::cgroup::Limits;
+use super::idmap::UsernsMode;
+use super::seccomp::SeccompSource;
+
+/// Default size cap of the `/tmp` tmpfs (64 MiB), like a small `docker run --tmpfs /tmp:size=64m`.
+pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
+/// Default grace between SIGTERM and SIGKILL when a timeout fires (Docker's `--stop-timeout` is 10 s;
+/// tools run by a worker are expected to stop faster, and the caller can raise it).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Docker's default `PATH`, used when neither the image nor the caller sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Everything needed to run one command in a fresh sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Directories that make up the root filesystem, topmost first. One entry for `--rootfs DIR`.
+    pub rootfs: Vec<PathBuf>,
+    /// `argv` of the tool; `args[0]` is looked up in the container's `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` pairs; later entries win. `PATH`, `HOSTNAME` and `HOME` are filled in when absent.
+    pub env: Vec<String>,
+    /// Working directory inside the container (default `/`). Created (read-only, empty) when missing.
+    pub cwd: Option<String>,
+    /// `UID[:GID]` or `NAME[:GROUP]`, resolved against the rootfs' `/etc/passwd` and `/etc/group`.
+    pub user: Option<String>,
+    /// UTS hostname (default: the first 12 hex digits of the run id, as Docker does).
+    pub hostname: Option<String>,
+    /// Bind mounts (`-v`), applied in order after the built-in mounts.
+    pub binds: Vec<BindMount>,
+    /// Extra tmpfs mounts (`--tmpfs PATH[:SIZE]`).
+    pub tmpfs: Vec<TmpfsMount>,
+    /// Size cap of the `/tmp` tmpfs in bytes.
+    pub tmp_size: u64,
+    /// Network mode.
+    pub network: Network,
+    /// How container ids map to host ids.
+    pub userns: UsernsMode,
+    /// Host uid/gid that container id 0 maps to when running as root (see [`super::idmap`]).
+    pub root_id_base: Option<u32>,
+    /// Resource limits (cgroups, or rlimits when no cgroup can be created).
+    pub limits: Limits,
+    /// Capabilities to add to / drop from the default set (Docker names, with or without `CAP_`; `ALL`).
+    pub cap_add: Vec<String>,
+    /// See [`SandboxSpec::cap_add`].
+    pub cap_drop: Vec<String>,
+    /// Seccomp profile.
+    pub seccomp: SeccompSource,
+    /// Hard wall-clock limit; on expiry the tool gets SIGTERM, then SIGKILL after `stop_timeout`.
+    pub timeout: Option<Duration>,
+    /// Grace between SIGTERM and SIGKILL (timeouts and forwarded stops).
+    pub stop_timeout: Duration,
+    /// Whether the tool's stdin is connected (`-i`); otherwise it reads `/dev/null`.
+    pub stdin: bool,
+    /// Directory for nsrun's own state (seccomp BPF cache, …); `None` disables on-disk caches.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl SandboxSpec {
+    /// A spec with Docker-like defaults that runs `args` on `rootfs`.
+    ///
+    /// ```
+    /// use nsrun::sandbox::SandboxSpec;
+    /// let spec = SandboxSpec::new("/srv/rootfs", ["/bin/echo", "hi"]);
+    /// assert_eq!(spec.args, ["/bin/echo", "hi"]);
+    /// assert!(spec.timeout.is_none());
+    /// ```
+    pub fn new<I, S>(rootfs: impl Into<PathBuf>, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        SandboxSpec {
+            rootfs: vec![rootfs.into()],
+            args: args.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+            cwd: None,
+            user: None,
+            hostname: None,
+            binds: Vec::new(),
+            tmpfs: Vec::new(),
+            tmp_size: DEFAULT_TMP_SIZE,
+            network: Network::None,
+            userns: UsernsMode::Auto,
+            root_id_base: None,
+            limits: Limits::default(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            seccomp: SeccompSource::Default,
+            timeout: None,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            stdin: false,
+            state_dir: None,
+        }
+    }
+}
+
+/// A `-v HOST:CONTAINER[:ro|rw]` bind mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for BindMount {
+    type Err = String;
+
+    /// Parses Docker's `-v` syntax.
+    ///
+    /// ```
+    /// use nsrun::sandbox::BindMount;
+    /// let b: BindMount = "/data:/in:ro".parse().unwrap();
+    /// assert_eq!((b.source.to_str().unwrap(), b.target.as_str(), b.read_only), ("/data", "/in", true));
+    /// assert!("relative:/in".parse::<BindMount>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (source, target, mode) = match parts.as_slice() {
+            [src, dst] => (*src, *dst, "rw"),
+            [src, dst, mode] => (*src, *dst, *mode),
+            _ => return Err(format!("invalid volume {s:?}: expected HOST:CONTAINER[:ro|rw]")),
+        };
+        let read_only = match mode {
+            "ro" => true,
+            "rw" => false,
+            other => return Err(format!("invalid volume mode {other:?} in {s:?}: expected ro or rw")),
+        };
+        if !source.starts_with('/') {
+            return Err(format!("invalid volume {s:?}: host path {source:?} must be absolute"));
+        }
+        if !target.starts_with('/') {
+            return Err(format!("invalid volume {s:?}: container path {target:?} must be absolute"));
+        }
+        Ok(BindMount { source: source.into(), target: target.into(), read_only })
+    }
+}
+
+/// A `--tmpfs PATH[:SIZE]` mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsMount {
+    pub target: String,
+    /// Size cap in bytes.
+    pub size: u64,
+}
+
+impl std::str::FromStr for TmpfsMount {
+    type Err = String;
+
+    /// Parses `PATH[:SIZE]`, `SIZE` as in [`parse_size`] (default 64 MiB). Docker's
+    /// `PATH:size=64m,mode=1777` option form is accepted for its `size=` key.
+    ///
+    /// ```
+    /// use nsrun::sandbox::TmpfsMount;
+    /// let t: TmpfsMount = "/scratch:16m".parse().unwrap();
+    /// assert_eq!((t.target.as_str(), t.size), ("/scratch", 16 << 20));
+    /// ```
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (target, opts) = s.split_once(':').unwrap_or((s, ""));
+        if !target.starts_with('/') {
+            return Err(format!("invalid tmpfs {s:?}: path {target:?} must be absolute"));
+        }
+        let mut size = DEFAULT_TMP_SIZE;
+        for opt in opts.split(',').filter(|o| !o.is_empty()) {
+            let value = opt.strip_prefix("size=").unwrap_or(opt);
+            if value.contains('=') {
+                continue; // mode=, uid=, … : Docker options we do not need for a scratch tmpfs.
+            }
+            size = parse_size(value).map_err(|e| format!("invalid tmpfs {s:?}: {e}"))?;
+        }
+        Ok(TmpfsMount { target: target.into(), size })
+    }
+}
+
+/// Parses a Docker-style size: a number with an optional `b`, `k`, `m`, `g` suffix (powers of 1024).
+///
+/// ```
+/// assert_eq!(nsrun::sandbox::parse_size("512m"), Ok(512 << 20));
+/// assert_eq!(nsrun::sandbox::parse_size("1G"), Ok(1 << 30));
+/// assert!(nsrun::sandbox::parse_size("lots").is_err());
+/// ```
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    // "64mb" and "4096b" are as good as "64m" and "4096".
+    let t = lower.strip_suffix('b').unwrap_or(&lower);
+    let (num, shift) = match t.as_bytes().last() {
+        Some(b'k') => (&t[..t.len() - 1], 10),
+        Some(b'm') => (&t[..t.len() - 1], 20),
+        Some(b'g') => (&t[..t.len() - 1], 30),
+        Some(b't') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}: expected e.g. 64m, 1g, 4096"))?;
+    if !(n.is_finite() && n >= 0.0) {
+        return Err(format!("invalid size {s:?}: must be a non-negative number"));
+    }
+    Ok((n * (1u64 << shift) as f64) as u64)
+}
+
+/// Network mode of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// A fresh network namespace with only loopback, up.
+    #[default]
+    None,
+    /// Share the caller's network namespace.
+    Host,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Network::None),
+            "host" => Ok(Network::Host),
+            other => Err(format!("unsupported network mode {other:?}: expected none or host")),
+        }
+    }
+}
