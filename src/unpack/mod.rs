@@ -71,6 +71,8 @@ pub enum UnpackError {
     DotDot { path: String },
     #[error("layer entry {path:?}: whiteout names {name:?}, which is not a file name")]
     BadWhiteout { path: String, name: String },
+    #[error("layer entry {path:?}: parent {parent:?} is a symlink to a directory that does not exist (or loops)")]
+    DanglingParent { path: String, parent: String },
     #[error("layer entry {path:?}: hardlink target {target:?} is not inside the root")]
     BadLinkTarget { path: String, target: String },
     #[error("layer entry {path:?}: {op} failed: {source}")]
@@ -524,6 +526,12 @@ impl Unpacker {
         let fd = match open_in_root(&self.root, rel) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => self.create_dirs(rel, display)?,
+            Err(Errno::ELOOP) => {
+                return Err(UnpackError::DanglingParent {
+                    path: display.to_string(),
+                    parent: rel.display().to_string(),
+                })
+            }
             Err(e) => return Err(sys(display, "openat2", e)),
         };
         let fd = Rc::new(fd);
@@ -541,8 +549,17 @@ impl Unpacker {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) => {
                     let name = comp.as_os_str();
-                    mkdirat(&*cur, name, Mode::from_bits_truncate(0o700))
-                        .map_err(|e| sys(display, "mkdirat", e))?;
+                    match mkdirat(&*cur, name, Mode::from_bits_truncate(0o700)) {
+                        Ok(()) => {}
+                        // openat2 said ENOENT but the name exists: a symlink to nowhere (inside).
+                        Err(Errno::EEXIST) => {
+                            return Err(UnpackError::DanglingParent {
+                                path: display.to_string(),
+                                parent: prefix.display().to_string(),
+                            })
+                        }
+                        Err(e) => return Err(sys(display, "mkdirat", e)),
+                    }
                     let (uid, gid) = self.map_ids(0, 0, display)?;
                     self.chown_at(&cur, name, uid, gid, display)?;
                     self.dirs.entry(prefix.clone()).or_insert((0o755, 0));
