@@ -22,12 +22,17 @@ pub enum ReferenceError {
     #[error("invalid image reference {0:?}: empty")]
     Empty(String),
     #[error("invalid image reference {reference:?}: repository path component {component:?} must be lowercase letters, digits and separators (., _, __, -)")]
-    BadComponent { reference: String, component: String },
+    BadComponent {
+        reference: String,
+        component: String,
+    },
     #[error("invalid image reference {reference:?}: tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}")]
     BadTag { reference: String, tag: String },
     #[error("invalid image reference {reference:?}: digest {digest:?} must be sha256:<64 hex> or sha512:<128 hex>")]
     BadDigest { reference: String, digest: String },
-    #[error("invalid image reference {reference:?}: registry {registry:?} is not a valid host[:port]")]
+    #[error(
+        "invalid image reference {reference:?}: registry {registry:?} is not a valid host[:port]"
+    )]
     BadRegistry { reference: String, registry: String },
     #[error("invalid image reference {0:?}: longer than 255 characters")]
     TooLong(String),
@@ -250,7 +255,10 @@ pub fn is_loopback_host(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
-        registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry)
+        registry
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(registry)
     };
     if host == "localhost" {
         return true;
@@ -351,7 +359,10 @@ mod tests {
         assert_eq!(n("alpine:3.19"), "docker.io/library/alpine:3.19");
         assert_eq!(n("user/tool"), "docker.io/user/tool:latest");
         assert_eq!(n("docker.io/alpine"), "docker.io/library/alpine:latest");
-        assert_eq!(n("index.docker.io/library/alpine"), "docker.io/library/alpine:latest");
+        assert_eq!(
+            n("index.docker.io/library/alpine"),
+            "docker.io/library/alpine:latest"
+        );
         assert_eq!(n("localhost/x"), "localhost/x:latest");
         assert_eq!(n("localhost:5000/x:1"), "localhost:5000/x:1");
         assert_eq!(
@@ -397,11 +408,21 @@ mod tests {
 
     #[test]
     fn loopback() {
-        assert!(Reference::parse("127.0.0.1:5000/a").unwrap().is_loopback_registry());
-        assert!(Reference::parse("127.5.0.1/a").unwrap().is_loopback_registry());
-        assert!(Reference::parse("localhost:1/a").unwrap().is_loopback_registry());
-        assert!(Reference::parse("[::1]:5000/a").unwrap().is_loopback_registry());
-        assert!(!Reference::parse("128.0.0.1/a").unwrap().is_loopback_registry());
+        assert!(Reference::parse("127.0.0.1:5000/a")
+            .unwrap()
+            .is_loopback_registry());
+        assert!(Reference::parse("127.5.0.1/a")
+            .unwrap()
+            .is_loopback_registry());
+        assert!(Reference::parse("localhost:1/a")
+            .unwrap()
+            .is_loopback_registry());
+        assert!(Reference::parse("[::1]:5000/a")
+            .unwrap()
+            .is_loopback_registry());
+        assert!(!Reference::parse("128.0.0.1/a")
+            .unwrap()
+            .is_loopback_registry());
         assert!(!Reference::parse("alpine").unwrap().is_loopback_registry());
     }
 

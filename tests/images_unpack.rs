@@ -23,7 +23,11 @@ struct Fixture {
 
 fn passwd_state() -> (Vec<u8>, u64, i64) {
     let md = std::fs::metadata("/etc/passwd").unwrap();
-    (std::fs::read("/etc/passwd").unwrap(), md.nlink(), md.mtime())
+    (
+        std::fs::read("/etc/passwd").unwrap(),
+        md.nlink(),
+        md.mtime(),
+    )
 }
 
 impl Fixture {
@@ -45,7 +49,11 @@ impl Fixture {
         }
     }
 
-    fn unpack_with(&self, layers: &[Vec<u8>], limits: Limits) -> Result<nsrun::unpack::UnpackStats, UnpackError> {
+    fn unpack_with(
+        &self,
+        layers: &[Vec<u8>],
+        limits: Limits,
+    ) -> Result<nsrun::unpack::UnpackStats, UnpackError> {
         let mut u = Unpacker::new(&self.staging, default_ownership(), limits)?;
         for l in layers {
             u.apply_layer(&l[..])?;
@@ -59,7 +67,11 @@ impl Fixture {
 
     /// Nothing outside staging changed, and the host's /etc/passwd is untouched.
     fn assert_outside_untouched(&self) {
-        assert_eq!(outside_snapshot(&self.outer), self.before, "something outside staging changed");
+        assert_eq!(
+            outside_snapshot(&self.outer),
+            self.before,
+            "something outside staging changed"
+        );
         assert_eq!(passwd_state(), self.passwd_before, "/etc/passwd changed");
     }
 
@@ -79,7 +91,9 @@ fn outside_snapshot(outer: &Path) -> Vec<(PathBuf, String)> {
 fn dotdot_escape_is_refused() {
     let f = Fixture::new();
     let mut t = Tar::new();
-    t.file("ok", b"fine").file("../victim", b"pwned").file("../escaped", b"x");
+    t.file("ok", b"fine")
+        .file("../victim", b"pwned")
+        .file("../escaped", b"x");
     let err = f.unpack(&[t.finish()]).unwrap_err();
     assert!(matches!(err, UnpackError::DotDot { .. }), "{err}");
     assert!(err.to_string().contains("../victim"), "{err}");
@@ -87,7 +101,10 @@ fn dotdot_escape_is_refused() {
     // Also hidden mid-path.
     let mut t = Tar::new();
     t.dir("a").file("a/../../victim", b"pwned");
-    assert!(matches!(f.unpack(&[t.finish()]), Err(UnpackError::DotDot { .. })));
+    assert!(matches!(
+        f.unpack(&[t.finish()]),
+        Err(UnpackError::DotDot { .. })
+    ));
     f.assert_outside_untouched();
 }
 
@@ -96,7 +113,8 @@ fn absolute_path_lands_inside() {
     let f = Fixture::new();
     let victim = f.outer.join("victim");
     let mut t = Tar::new();
-    t.file(victim.to_str().unwrap(), b"pwned").file("/abs", b"inside");
+    t.file(victim.to_str().unwrap(), b"pwned")
+        .file("/abs", b"inside");
     f.unpack(&[t.finish()]).unwrap();
     f.assert_outside_untouched();
     assert_eq!(std::fs::read(f.inside("abs")).unwrap(), b"inside");
@@ -109,13 +127,21 @@ fn symlink_then_write_through_stays_inside() {
     let f = Fixture::new();
     // The image has its own /etc: a -> /etc resolves to it, inside.
     let mut t = Tar::new();
-    t.dir("etc").symlink("a", "/etc").file("a/passwd", b"root::0:0::/:/bin/sh\n");
+    t.dir("etc")
+        .symlink("a", "/etc")
+        .file("a/passwd", b"root::0:0::/:/bin/sh\n");
     // A link to the real outer directory by absolute path: inside, that directory does not exist.
     t.symlink("b", f.outer.to_str().unwrap());
     f.unpack(&[t.finish()]).unwrap();
     f.assert_outside_untouched();
-    assert_eq!(std::fs::read(f.inside("etc/passwd")).unwrap(), b"root::0:0::/:/bin/sh\n");
-    assert!(std::fs::symlink_metadata(f.inside("a")).unwrap().file_type().is_symlink());
+    assert_eq!(
+        std::fs::read(f.inside("etc/passwd")).unwrap(),
+        b"root::0:0::/:/bin/sh\n"
+    );
+    assert!(std::fs::symlink_metadata(f.inside("a"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     let mut t = Tar::new();
     t.file("b/victim", b"pwned");
     let err = f.unpack(&[t.finish()]).unwrap_err();
@@ -136,7 +162,8 @@ fn symlink_in_a_later_layer_is_not_followed() {
     // The layer-on-layer variant: layer 1 plants the link, layer 2 writes through it.
     let f = Fixture::new();
     let mut l1 = Tar::new();
-    l1.symlink("etc", "/etc").symlink("out", f.outer.to_str().unwrap());
+    l1.symlink("etc", "/etc")
+        .symlink("out", f.outer.to_str().unwrap());
     let mut l2 = Tar::new();
     l2.file("etc/passwd", b"pwned");
     let err = f.unpack(&[l1.finish(), l2.finish()]).unwrap_err();
@@ -186,14 +213,24 @@ fn hardlink_to_outside_is_refused() {
 
     let mut t = Tar::new();
     t.hardlink("l2", "/etc/passwd");
-    assert!(matches!(f.unpack(&[t.finish()]), Err(UnpackError::BadLinkTarget { .. })));
+    assert!(matches!(
+        f.unpack(&[t.finish()]),
+        Err(UnpackError::BadLinkTarget { .. })
+    ));
     let mut t = Tar::new();
     t.hardlink("l3", "../victim");
-    assert!(matches!(f.unpack(&[t.finish()]), Err(UnpackError::BadLinkTarget { .. })));
+    assert!(matches!(
+        f.unpack(&[t.finish()]),
+        Err(UnpackError::BadLinkTarget { .. })
+    ));
     // Through a symlink: resolved inside, so it names a missing inside file.
     let mut t = Tar::new();
-    t.symlink("s", f.outer.to_str().unwrap()).hardlink("l4", &format!("s/victim"));
-    assert!(matches!(f.unpack(&[t.finish()]), Err(UnpackError::BadLinkTarget { .. })));
+    t.symlink("s", f.outer.to_str().unwrap())
+        .hardlink("l4", "s/victim");
+    assert!(matches!(
+        f.unpack(&[t.finish()]),
+        Err(UnpackError::BadLinkTarget { .. })
+    ));
     f.assert_outside_untouched();
     assert_eq!(std::fs::metadata(&victim).unwrap().nlink(), 1);
 }
@@ -202,7 +239,10 @@ fn hardlink_to_outside_is_refused() {
 fn hardlink_inside_works() {
     let f = Fixture::new();
     let mut t = Tar::new();
-    t.dir("d").file("d/orig", b"data").hardlink("d/copy", "d/orig").hardlink("top", "/d/orig");
+    t.dir("d")
+        .file("d/orig", b"data")
+        .hardlink("d/copy", "d/orig")
+        .hardlink("top", "/d/orig");
     f.unpack(&[t.finish()]).unwrap();
     let a = std::fs::metadata(f.inside("d/orig")).unwrap();
     let b = std::fs::metadata(f.inside("d/copy")).unwrap();
@@ -220,10 +260,16 @@ fn whiteout_naming_dotdot_or_outside_is_refused() {
     assert!(matches!(err, UnpackError::BadWhiteout { .. }), "{err}");
     let mut t = Tar::new();
     t.file("../.wh.victim", b"");
-    assert!(matches!(f.unpack(&[t.finish()]), Err(UnpackError::DotDot { .. })));
+    assert!(matches!(
+        f.unpack(&[t.finish()]),
+        Err(UnpackError::DotDot { .. })
+    ));
     let mut t = Tar::new();
     t.dir("x").file("x/.wh..", b"");
-    assert!(matches!(f.unpack(&[t.finish()]), Err(UnpackError::BadWhiteout { .. })));
+    assert!(matches!(
+        f.unpack(&[t.finish()]),
+        Err(UnpackError::BadWhiteout { .. })
+    ));
     // Through a symlink to the outside directory: resolved inside, so nothing to remove.
     let mut t = Tar::new();
     t.symlink("s", f.outer.to_str().unwrap())
@@ -270,10 +316,16 @@ fn device_node_is_skipped_with_a_warning() {
         .entry("dev/null", Kind::Char(1, 3), 0o666, 0, 0)
         .entry("fifo", Kind::Fifo, 0o644, 0, 0);
     let stats = f.unpack(&[t.finish()]).unwrap();
-    assert_eq!(stats.devices_skipped, vec!["dev/sda".to_string(), "dev/null".to_string()]);
+    assert_eq!(
+        stats.devices_skipped,
+        vec!["dev/sda".to_string(), "dev/null".to_string()]
+    );
     assert!(!f.inside("dev/sda").exists() && !f.inside("dev/null").exists());
     use std::os::unix::fs::FileTypeExt;
-    assert!(std::fs::symlink_metadata(f.inside("fifo")).unwrap().file_type().is_fifo());
+    assert!(std::fs::symlink_metadata(f.inside("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
     f.assert_outside_untouched();
 }
 
@@ -286,9 +338,18 @@ fn setuid_root_file_loses_its_bits() {
         .entry("sticky", Kind::Dir, 0o1777, 0, 0);
     let stats = f.unpack(&[t.finish()]).unwrap();
     assert_eq!(stats.setid_stripped, 2);
-    assert_eq!(std::fs::metadata(f.inside("su")).unwrap().mode() & 0o7777, 0o755);
-    assert_eq!(std::fs::metadata(f.inside("sg")).unwrap().mode() & 0o7777, 0o755);
-    assert_eq!(std::fs::metadata(f.inside("sticky")).unwrap().mode() & 0o7777, 0o1777);
+    assert_eq!(
+        std::fs::metadata(f.inside("su")).unwrap().mode() & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        std::fs::metadata(f.inside("sg")).unwrap().mode() & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        std::fs::metadata(f.inside("sticky")).unwrap().mode() & 0o7777,
+        0o1777
+    );
     let md = std::fs::metadata(f.inside("su")).unwrap();
     match default_ownership() {
         Ownership::Shift { uid_base, .. } => assert_eq!(md.uid(), uid_base),
@@ -311,7 +372,9 @@ fn gzip_bomb_stops_at_the_size_limit() {
     };
     let err = f.unpack_with(&[bomb], limits).unwrap_err();
     assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
-    let written = std::fs::metadata(f.inside("bomb")).map(|m| m.len()).unwrap_or(0);
+    let written = std::fs::metadata(f.inside("bomb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     assert!(written <= 8 << 20, "wrote {written} bytes past the limit");
     f.assert_outside_untouched();
 }
@@ -328,7 +391,10 @@ fn entry_count_limit() {
         max_entries: 10,
     };
     let err = f.unpack_with(&[zstd(&t.finish())], limits).unwrap_err();
-    assert!(matches!(err, UnpackError::TooManyEntries { limit: 10 }), "{err}");
+    assert!(
+        matches!(err, UnpackError::TooManyEntries { limit: 10 }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -336,7 +402,8 @@ fn missing_end_padding_is_accepted() {
     let f = Fixture::new();
     let mut t = Tar::new();
     t.file("a", b"one").file("b", b"two");
-    f.unpack(&[t.finish_unpadded(), zstd(&t.finish_unpadded())]).unwrap();
+    f.unpack(&[t.finish_unpadded(), zstd(&t.finish_unpadded())])
+        .unwrap();
     assert_eq!(std::fs::read(f.inside("b")).unwrap(), b"two");
 }
 
@@ -356,7 +423,14 @@ fn replacing_types_across_layers_and_readonly_dirs() {
         .file("was-file/y", b"y");
     f.unpack(&[l1.finish(), l2.finish()]).unwrap();
     assert_eq!(std::fs::read(f.inside("ro/g")).unwrap(), b"2");
-    assert_eq!(std::fs::metadata(f.inside("ro")).unwrap().permissions().mode() & 0o777, 0o555);
+    assert_eq!(
+        std::fs::metadata(f.inside("ro"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o555
+    );
     assert_eq!(std::fs::read(f.inside("was-dir")).unwrap(), b"now a file");
     assert_eq!(std::fs::read(f.inside("was-file/y")).unwrap(), b"y");
     // The unprivileged owner can still remove the tree.
@@ -371,7 +445,11 @@ fn shift_ownership_maps_ids() {
         let tmp = tempfile::tempdir().unwrap();
         let err = Unpacker::new(
             tmp.path(),
-            Ownership::Shift { uid_base: 100000, gid_base: 100000, size: 65536 },
+            Ownership::Shift {
+                uid_base: 100000,
+                gid_base: 100000,
+                size: 65536,
+            },
             Limits::default(),
         )
         .err()
@@ -381,10 +459,15 @@ fn shift_ownership_maps_ids() {
     }
     let f = Fixture::new();
     let mut t = Tar::new();
-    t.entry("mine", Kind::File(b"x".to_vec()), 0o644, 1000, 1001).entry("l", Kind::Symlink("mine".into()), 0o777, 5, 6);
+    t.entry("mine", Kind::File(b"x".to_vec()), 0o644, 1000, 1001)
+        .entry("l", Kind::Symlink("mine".into()), 0o777, 5, 6);
     let mut u = Unpacker::new(
         &f.staging,
-        Ownership::Shift { uid_base: 200000, gid_base: 300000, size: 65536 },
+        Ownership::Shift {
+            uid_base: 200000,
+            gid_base: 300000,
+            size: 65536,
+        },
         Limits::default(),
     )
     .unwrap();
@@ -397,6 +480,18 @@ fn shift_ownership_maps_ids() {
     // Out of range ids are refused.
     let mut t = Tar::new();
     t.entry("big", Kind::File(vec![]), 0o644, 70000, 0);
-    let mut u = Unpacker::new(&f.staging, Ownership::Shift { uid_base: 200000, gid_base: 300000, size: 65536 }, Limits::default()).unwrap();
-    assert!(matches!(u.apply_layer(&t.finish()[..]), Err(UnpackError::IdOutOfRange { .. })));
+    let mut u = Unpacker::new(
+        &f.staging,
+        Ownership::Shift {
+            uid_base: 200000,
+            gid_base: 300000,
+            size: 65536,
+        },
+        Limits::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        u.apply_layer(&t.finish()[..]),
+        Err(UnpackError::IdOutOfRange { .. })
+    ));
 }

@@ -131,10 +131,11 @@ pub fn from_docker_config(path: &Path, registry: &str) -> Result<Credentials, Au
             })
         }
     };
-    let cfg: DockerConfig = serde_json::from_slice(&data).map_err(|source| AuthError::ParseConfig {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let cfg: DockerConfig =
+        serde_json::from_slice(&data).map_err(|source| AuthError::ParseConfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let (keys, server_url) = keys_for(registry);
     for k in &keys {
         if let Some(helper) = cfg.cred_helpers.get(k) {
@@ -257,7 +258,10 @@ mod tests {
         };
         assert_eq!(from_docker_config(&p, "docker.io").unwrap(), want);
         assert_eq!(from_docker_config(&p, "127.0.0.1:5001").unwrap(), want);
-        assert_eq!(from_docker_config(&p, "ghcr.io").unwrap(), Credentials::Anonymous);
+        assert_eq!(
+            from_docker_config(&p, "ghcr.io").unwrap(),
+            Credentials::Anonymous
+        );
         assert_eq!(
             from_docker_config(&dir.path().join("none"), "ghcr.io").unwrap(),
             Credentials::Anonymous
@@ -290,8 +294,14 @@ mod tests {
             }
         );
         let p = dir.path().join("config.json");
-        std::fs::write(&p, r#"{"credHelpers":{"reg.example":"nsrun-no-such-helper"}}"#).unwrap();
-        let e = from_docker_config(&p, "reg.example").unwrap_err().to_string();
+        std::fs::write(
+            &p,
+            r#"{"credHelpers":{"reg.example":"nsrun-no-such-helper"}}"#,
+        )
+        .unwrap();
+        let e = from_docker_config(&p, "reg.example")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("docker-credential-nsrun-no-such-helper"), "{e}");
     }
 }

@@ -29,7 +29,9 @@ pub fn sha256_digest(data: &[u8]) -> String {
 /// The hex part of a `sha256:` digest, checked to be 64 lowercase hex digits (it becomes a file name).
 pub fn sha256_hex(digest: &str) -> Result<&str, DigestError> {
     match digest.strip_prefix("sha256:") {
-        Some(h) if h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(h),
+        Some(h) if h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+            Ok(h)
+        }
         _ => Err(DigestError::Unsupported(digest.to_string())),
     }
 }
@@ -172,11 +174,20 @@ mod tests {
         r.read_exact(&mut b).unwrap();
         r.finish().unwrap();
         let r = VerifyingReader::new(&b"hellO"[..], Verifier::new(&d, Some(5)).unwrap());
-        assert!(matches!(r.finish(), Err(FinishError::Digest(DigestError::Mismatch { .. }))));
+        assert!(matches!(
+            r.finish(),
+            Err(FinishError::Digest(DigestError::Mismatch { .. }))
+        ));
         let r = VerifyingReader::new(&b"hello!"[..], Verifier::new(&d, Some(5)).unwrap());
-        assert!(matches!(r.finish(), Err(FinishError::Digest(DigestError::TooLong { .. }))));
+        assert!(matches!(
+            r.finish(),
+            Err(FinishError::Digest(DigestError::TooLong { .. }))
+        ));
         let r = VerifyingReader::new(&b"hell"[..], Verifier::new(&d, Some(5)).unwrap());
-        assert!(matches!(r.finish(), Err(FinishError::Digest(DigestError::Size { .. }))));
+        assert!(matches!(
+            r.finish(),
+            Err(FinishError::Digest(DigestError::Size { .. }))
+        ));
         assert!(Verifier::new("sha256:../../etc", None).is_err());
     }
 }

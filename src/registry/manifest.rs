@@ -36,7 +36,9 @@ pub enum ManifestError {
     TooLarge(usize),
     #[error("no image for platform {wanted} in the index (available: {available})")]
     NoPlatform { wanted: String, available: String },
-    #[error("layer {digest} has media type {media_type:?}, which is not a container filesystem layer")]
+    #[error(
+        "layer {digest} has media type {media_type:?}, which is not a container filesystem layer"
+    )]
     LayerType { digest: String, media_type: String },
     #[error("invalid platform {0:?}: expected os/arch[/variant]")]
     BadPlatform(String),
@@ -112,7 +114,10 @@ impl Platform {
             .variant
             .as_deref()
             .or(default_variant(&self.architecture));
-        let wv = self.variant.as_deref().or(default_variant(&self.architecture));
+        let wv = self
+            .variant
+            .as_deref()
+            .or(default_variant(&self.architecture));
         match (wv, cv) {
             (Some(w), Some(c)) if w == c => Some(2),
             (Some(_), Some(_)) => None,
@@ -341,14 +346,20 @@ mod tests {
             entry("linux", "arm", Some("v6"), 'd'),
             entry("unknown", "unknown", None, 'e'),
         ];
-        let pick = |s: &str| choose_platform(&idx, &Platform::parse(s).unwrap()).map(|d| d.digest.chars().nth(7).unwrap());
+        let pick = |s: &str| {
+            choose_platform(&idx, &Platform::parse(s).unwrap())
+                .map(|d| d.digest.chars().nth(7).unwrap())
+        };
         assert_eq!(pick("linux/amd64").unwrap(), 'a');
         assert_eq!(pick("linux/x86_64").unwrap(), 'a');
         assert_eq!(pick("linux/arm64").unwrap(), 'b');
         assert_eq!(pick("linux/arm64/v8").unwrap(), 'b');
         assert_eq!(pick("linux/arm/v6").unwrap(), 'd');
         let err = pick("linux/s390x").unwrap_err().to_string();
-        assert!(err.contains("linux/amd64") && !err.contains("unknown"), "{err}");
+        assert!(
+            err.contains("linux/amd64") && !err.contains("unknown"),
+            "{err}"
+        );
         assert!(Platform::parse("linux").is_err());
     }
 
@@ -359,11 +370,23 @@ mod tests {
             "1".repeat(64),
             "2".repeat(64)
         );
-        assert!(matches!(parse(m.as_bytes(), None).unwrap(), Document::Image(_)));
-        let bad = m.replace(DOCKER_LAYER_GZIP, "application/vnd.wasm.content.layer.v1+wasm");
-        assert!(matches!(parse(bad.as_bytes(), None), Err(ManifestError::LayerType { .. })));
+        assert!(matches!(
+            parse(m.as_bytes(), None).unwrap(),
+            Document::Image(_)
+        ));
+        let bad = m.replace(
+            DOCKER_LAYER_GZIP,
+            "application/vnd.wasm.content.layer.v1+wasm",
+        );
+        assert!(matches!(
+            parse(bad.as_bytes(), None),
+            Err(ManifestError::LayerType { .. })
+        ));
         let i = r#"{"schemaVersion":2,"manifests":[]}"#;
-        assert!(matches!(parse(i.as_bytes(), Some(OCI_INDEX)).unwrap(), Document::Index(_)));
+        assert!(matches!(
+            parse(i.as_bytes(), Some(OCI_INDEX)).unwrap(),
+            Document::Index(_)
+        ));
         assert!(parse(&vec![b' '; MAX_MANIFEST_BYTES + 1], None).is_err());
     }
 

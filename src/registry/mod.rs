@@ -145,7 +145,10 @@ const UNCHOSEN: usize = usize::MAX;
 
 impl RegistryClient {
     /// Prepares a client for `reference`'s repository (no network traffic yet).
-    pub fn new(reference: &Reference, opts: &RegistryOptions) -> Result<RegistryClient, RegistryError> {
+    pub fn new(
+        reference: &Reference,
+        opts: &RegistryOptions,
+    ) -> Result<RegistryClient, RegistryError> {
         let mut certs = Vec::new();
         for path in &opts.ca_files {
             let data = std::fs::read(path).map_err(|source| RegistryError::Ca {
@@ -175,11 +178,17 @@ impl RegistryClient {
         let mut clients = vec![make(ClientProtocol::Https)];
         if fallback {
             // oci-client resolves docker.io to index.docker.io; the exception list takes what it resolves.
-            clients.push(make(ClientProtocol::HttpsExcept(vec![reference.registry.clone()])));
+            clients.push(make(ClientProtocol::HttpsExcept(vec![reference
+                .registry
+                .clone()])));
         }
         let creds = match &opts.creds {
             Some(c) => auth::parse_creds(c)?,
-            None => match opts.docker_config.clone().or_else(auth::default_docker_config) {
+            None => match opts
+                .docker_config
+                .clone()
+                .or_else(auth::default_docker_config)
+            {
                 Some(path) => auth::from_docker_config(&path, &reference.registry)?,
                 None => Credentials::Anonymous,
             },
@@ -221,7 +230,10 @@ impl RegistryClient {
 
     /// Fetches the manifest (or index) the reference names, or `digest` in its repository.
     /// Returns the bytes and their digest, verified against the digest asked for.
-    pub async fn fetch_manifest(&self, digest: Option<&str>) -> Result<(Vec<u8>, String), RegistryError> {
+    pub async fn fetch_manifest(
+        &self,
+        digest: Option<&str>,
+    ) -> Result<(Vec<u8>, String), RegistryError> {
         let image = match digest {
             Some(d) => self.image_at(d),
             None => self.image.clone(),
@@ -229,13 +241,19 @@ impl RegistryClient {
         let what = format!("manifest {image}");
         let bytes = if self.chosen.load(Ordering::Relaxed) == UNCHOSEN {
             // Decide the protocol on the first request, as Docker does for insecure registries.
-            match self.manifest_with_retries(&self.clients[0], &image, &what, 0).await {
+            match self
+                .manifest_with_retries(&self.clients[0], &image, &what, 0)
+                .await
+            {
                 Ok(b) => {
                     self.chosen.store(0, Ordering::Relaxed);
                     b
                 }
                 Err(https_err) if is_transport_error(&https_err) => {
-                    match self.manifest_with_retries(&self.clients[1], &image, &what, self.opts.retries).await {
+                    match self
+                        .manifest_with_retries(&self.clients[1], &image, &what, self.opts.retries)
+                        .await
+                    {
                         Ok(b) => {
                             self.chosen.store(1, Ordering::Relaxed);
                             b
@@ -253,7 +271,8 @@ impl RegistryClient {
                 Err(e) => return Err(e),
             }
         } else {
-            self.manifest_with_retries(self.client(), &image, &what, self.opts.retries).await?
+            self.manifest_with_retries(self.client(), &image, &what, self.opts.retries)
+                .await?
         };
         let actual = digest::sha256_digest(&bytes);
         if let Some(expected) = digest.or(self.reference.digest.as_deref()) {
@@ -343,7 +362,12 @@ impl RegistryClient {
         }
     }
 
-    async fn retrying<T, F, Fut>(&self, what: &str, retries: u32, mut f: F) -> Result<T, RegistryError>
+    async fn retrying<T, F, Fut>(
+        &self,
+        what: &str,
+        retries: u32,
+        mut f: F,
+    ) -> Result<T, RegistryError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Attempt>>,
@@ -424,7 +448,11 @@ impl RegistryClient {
     }
 
     /// Fetches a small blob (a config) into memory, verified, refusing more than `limit` bytes.
-    pub async fn fetch_blob(&self, desc: &Descriptor, limit: u64) -> Result<Vec<u8>, RegistryError> {
+    pub async fn fetch_blob(
+        &self,
+        desc: &Descriptor,
+        limit: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
         if desc.size > limit {
             return Err(RegistryError::TooLarge {
                 what: format!("blob {}", desc.digest),
@@ -448,7 +476,7 @@ impl RegistryClient {
     async fn stream_blob(
         &self,
         desc: &Descriptor,
-        sink: &mut dyn FnMut(&[u8]) -> Result<(), Attempt>,
+        sink: &mut (dyn FnMut(&[u8]) -> Result<(), Attempt> + Send),
     ) -> Result<(), Attempt> {
         let image = self.image_at(&desc.digest);
         let digest_err = |source| {
@@ -499,8 +527,13 @@ impl RegistryClient {
                     if verifier.seen() == desc.size {
                         verifier.clone().finish().map_err(digest_err)?;
                     }
+                    let chain = error_chain(&e);
+                    // reqwest's read timeout surfaces as a body error; call it what it is.
+                    if chain.contains("timed out") {
+                        return Err(Attempt::Stalled);
+                    }
                     return Err(Attempt::Transient(format!(
-                        "body ended after {} of {} bytes: {e}",
+                        "body ended after {} of {} bytes: {chain}",
                         verifier.seen(),
                         desc.size
                     )));

@@ -39,7 +39,10 @@ impl LayerFile {
         if self.len > limit {
             return Err(StoreError::Source {
                 source_ref: self.path.display().to_string(),
-                why: format!("blob {digest} is {} bytes, more than the limit of {limit}", self.len),
+                why: format!(
+                    "blob {digest} is {} bytes, more than the limit of {limit}",
+                    self.len
+                ),
             });
         }
         let mut buf = Vec::with_capacity(self.len as usize);
@@ -85,7 +88,10 @@ fn oci_blob(dir: &Path, d: &Descriptor, src: &str) -> Result<LayerFile, StoreErr
     if len != d.size {
         return Err(src_err(
             src,
-            format!("blob {} is {len} bytes, its descriptor says {}", d.digest, d.size),
+            format!(
+                "blob {} is {len} bytes, its descriptor says {}",
+                d.digest, d.size
+            ),
         ));
     }
     Ok(LayerFile {
@@ -97,14 +103,22 @@ fn oci_blob(dir: &Path, d: &Descriptor, src: &str) -> Result<LayerFile, StoreErr
 }
 
 /// Resolves `tag` (or the only image) in an OCI layout directory for `platform`.
-pub fn resolve_oci(dir: &Path, tag: Option<&str>, platform: &Platform) -> Result<LocalImage, StoreError> {
+pub fn resolve_oci(
+    dir: &Path,
+    tag: Option<&str>,
+    platform: &Platform,
+) -> Result<LocalImage, StoreError> {
     let src = format!("oci:{}", dir.display());
     let layout_path = dir.join("oci-layout");
     if !layout_path.exists() {
-        return Err(src_err(&src, "not an OCI image layout (no oci-layout file)"));
+        return Err(src_err(
+            &src,
+            "not an OCI image layout (no oci-layout file)",
+        ));
     }
     let index_path = dir.join("index.json");
-    let index_bytes = std::fs::read(&index_path).map_err(|e| StoreError::io(&index_path, "read", e))?;
+    let index_bytes =
+        std::fs::read(&index_path).map_err(|e| StoreError::io(&index_path, "read", e))?;
     let Document::Index(entries) = manifest::parse(&index_bytes, Some(manifest::OCI_INDEX))
         .map_err(|e| src_err(&src, format!("index.json: {e}")))?
     else {
@@ -124,17 +138,22 @@ pub fn resolve_oci(dir: &Path, tag: Option<&str>, platform: &Platform) -> Result
             })
             .ok_or_else(|| {
                 let tags: Vec<String> = entries.iter().filter_map(name_of).collect();
-                src_err(&src, format!("no image tagged {t:?} (tags: {})", tags.join(", ")))
+                src_err(
+                    &src,
+                    format!("no image tagged {t:?} (tags: {})", tags.join(", ")),
+                )
             })?,
         None if entries.len() == 1 => &entries[0],
         None => {
             // Several entries without a tag asked for: a multi-platform set, choose by platform.
-            manifest::choose_platform(&entries, platform).map_err(|e| src_err(&src, e.to_string()))?
+            manifest::choose_platform(&entries, platform)
+                .map_err(|e| src_err(&src, e.to_string()))?
         }
     };
     let mut desc = chosen.clone();
     for _ in 0..4 {
-        let bytes = oci_blob(dir, &desc, &src)?.read_verified(&desc.digest, manifest::MAX_MANIFEST_BYTES as u64)?;
+        let bytes = oci_blob(dir, &desc, &src)?
+            .read_verified(&desc.digest, manifest::MAX_MANIFEST_BYTES as u64)?;
         let mt = (!desc.media_type.is_empty()).then_some(desc.media_type.as_str());
         match manifest::parse(&bytes, mt).map_err(|e| src_err(&src, e.to_string()))? {
             Document::Index(inner) => {
@@ -234,8 +253,8 @@ pub fn resolve_docker_archive(file: &Path) -> Result<LocalImage, StoreError> {
         .take(1 << 20)
         .read_to_end(&mut mbytes)
         .map_err(|e| StoreError::io(file, "read", e))?;
-    let list: Vec<ArchiveManifest> =
-        serde_json::from_slice(&mbytes).map_err(|e| src_err(&src, format!("manifest.json: {e}")))?;
+    let list: Vec<ArchiveManifest> = serde_json::from_slice(&mbytes)
+        .map_err(|e| src_err(&src, format!("manifest.json: {e}")))?;
     let first = list
         .into_iter()
         .next()
@@ -250,8 +269,8 @@ pub fn resolve_docker_archive(file: &Path) -> Result<LocalImage, StoreError> {
         .read_to_end(&mut config_bytes)
         .map_err(|e| StoreError::io(file, "read", e))?;
     let config_digest = sha256_digest(&config_bytes);
-    let diff_ids: DiffIds = serde_json::from_slice(&config_bytes)
-        .map_err(|e| src_err(&src, format!("config: {e}")))?;
+    let diff_ids: DiffIds =
+        serde_json::from_slice(&config_bytes).map_err(|e| src_err(&src, format!("config: {e}")))?;
     if diff_ids.rootfs.diff_ids.len() != first.layers.len() {
         return Err(src_err(
             &src,

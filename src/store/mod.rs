@@ -36,9 +36,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-pub use crate::registry::manifest::ImageConfig;
 use crate::reference::{ReferenceError, Source};
 use crate::registry::digest::{sha256_hex, FinishError, Verifier, VerifyingReader};
+pub use crate::registry::manifest::ImageConfig;
 use crate::registry::manifest::{self, Document, ImageManifest, ManifestError, Platform};
 use crate::registry::{RegistryClient, RegistryError, RegistryOptions};
 use crate::sandbox::idmap::Ownership;
@@ -337,7 +337,11 @@ impl Store {
     /// Resolves a reference to an installed, complete entry without any network access and
     /// without an async runtime. `Ok(None)` when it is not cached (or the entry is broken, which
     /// the next pull repairs).
-    pub fn lookup(&self, reference: &str, opts: &PullOptions) -> Result<Option<ResolvedImage>, StoreError> {
+    pub fn lookup(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+    ) -> Result<Option<ResolvedImage>, StoreError> {
         let source = Source::parse(reference)?;
         let platform = opts.platform()?;
         let canonical = source.canonical();
@@ -353,7 +357,9 @@ impl Store {
             Source::OciLayout { dir, tag } => {
                 Some(local::resolve_oci(dir, tag.as_deref(), &platform)?.manifest_digest)
             }
-            Source::DockerArchive { file } => Some(local::resolve_docker_archive(file)?.manifest_digest),
+            Source::DockerArchive { file } => {
+                Some(local::resolve_docker_archive(file)?.manifest_digest)
+            }
         };
         let Some(digest) = digest else {
             return Ok(None);
@@ -413,7 +419,11 @@ impl Store {
     }
 
     /// Resolves `reference` at its source and installs it unless the same digest is installed.
-    pub async fn pull(&self, reference: &str, opts: &PullOptions) -> Result<ResolvedImage, StoreError> {
+    pub async fn pull(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+    ) -> Result<ResolvedImage, StoreError> {
         let source = Source::parse(reference)?;
         let platform = opts.platform()?;
         let canonical = source.canonical();
@@ -503,7 +513,10 @@ impl Store {
         set_mode(&rootfs, 0o755)?;
 
         let config_bytes = match &plan.fetch {
-            Fetch::Registry(c) => c.fetch_blob(&plan.manifest.config, manifest::MAX_CONFIG_BYTES).await?,
+            Fetch::Registry(c) => {
+                c.fetch_blob(&plan.manifest.config, manifest::MAX_CONFIG_BYTES)
+                    .await?
+            }
             Fetch::Local { config, .. } => config.clone(),
         };
         let config = ImageConfig::parse(&config_bytes).map_err(|source| StoreError::Manifest {
@@ -529,10 +542,12 @@ impl Store {
             created: config.created.clone(),
             installed: now(),
         };
-        let meta_bytes = serde_json::to_vec_pretty(&meta).expect("serialising entry.json cannot fail");
+        let meta_bytes =
+            serde_json::to_vec_pretty(&meta).expect("serialising entry.json cannot fail");
         write_file(&staging.join("entry.json"), &meta_bytes)?;
         set_mode(&staging, 0o755)?;
-        std::fs::rename(&staging, &dir).map_err(|e| StoreError::io(&dir, "rename staging to", e))?;
+        std::fs::rename(&staging, &dir)
+            .map_err(|e| StoreError::io(&dir, "rename staging to", e))?;
         guard.disarm();
         self.record_ref(canonical, platform, &plan.digest)?;
         Ok(ResolvedImage {
@@ -583,7 +598,9 @@ impl Store {
                     let prog = layers_progress.clone();
                     downloads.spawn(async move {
                         let _permit = sem.acquire_owned().await;
-                        prog[i].state.store(progress::DOWNLOADING, Ordering::Relaxed);
+                        prog[i]
+                            .state
+                            .store(progress::DOWNLOADING, Ordering::Relaxed);
                         let r = client
                             .download_blob(&desc, &path, &prog[i].done)
                             .await
@@ -612,66 +629,81 @@ impl Store {
         let limits = opts.limits;
         let canonical = canonical.to_string();
         let prog = layers_progress.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<unpack::UnpackStats, StoreError> {
-            let uerr = |layer: &str, source| StoreError::Unpack {
-                reference: canonical.clone(),
-                layer: layer.to_string(),
-                source,
-            };
-            let mut unpacker = Unpacker::new(&rootfs, ownership, limits).map_err(|e| uerr("-", e))?;
-            let mut ready: HashMap<usize, Result<LayerFile, StoreError>> = HashMap::new();
-            for (i, desc) in descs.iter().enumerate().take(n) {
-                let lf = loop {
-                    if let Some(r) = ready.remove(&i) {
-                        break r?;
-                    }
-                    match rx.recv() {
-                        Ok((j, r)) => {
-                            ready.insert(j, r);
-                        }
-                        Err(_) => return Err(StoreError::Task("a layer download vanished".into())),
-                    }
+        let result =
+            tokio::task::spawn_blocking(move || -> Result<unpack::UnpackStats, StoreError> {
+                let uerr = |layer: &str, source| StoreError::Unpack {
+                    reference: canonical.clone(),
+                    layer: layer.to_string(),
+                    source,
                 };
-                let reader = lf.open()?;
-                if lf.verify {
-                    let v = Verifier::new(&desc.digest, Some(desc.size)).map_err(|e| StoreError::Source {
-                        source_ref: canonical.clone(),
-                        why: e.to_string(),
-                    })?;
-                    let mut vr = VerifyingReader::new(reader, v);
-                    let r = unpacker.apply_layer(&mut vr);
-                    if let Some(f) = vr.failure() {
-                        return Err(StoreError::Verify {
+                let mut unpacker =
+                    Unpacker::new(&rootfs, ownership, limits).map_err(|e| uerr("-", e))?;
+                let mut ready: HashMap<usize, Result<LayerFile, StoreError>> = HashMap::new();
+                for (i, desc) in descs.iter().enumerate().take(n) {
+                    let lf = loop {
+                        if let Some(r) = ready.remove(&i) {
+                            break r?;
+                        }
+                        match rx.recv() {
+                            Ok((j, r)) => {
+                                ready.insert(j, r);
+                            }
+                            Err(_) => {
+                                return Err(StoreError::Task("a layer download vanished".into()))
+                            }
+                        }
+                    };
+                    let reader = lf.open()?;
+                    if lf.verify {
+                        let v = Verifier::new(&desc.digest, Some(desc.size)).map_err(|e| {
+                            StoreError::Source {
+                                source_ref: canonical.clone(),
+                                why: e.to_string(),
+                            }
+                        })?;
+                        let mut vr = VerifyingReader::new(reader, v);
+                        let r = unpacker.apply_layer(&mut vr);
+                        if let Some(f) = vr.failure() {
+                            return Err(StoreError::Verify {
+                                reference: canonical.clone(),
+                                layer: desc.digest.clone(),
+                                source: FinishError::Digest(f.clone()),
+                            });
+                        }
+                        r.map_err(|e| uerr(&desc.digest, e))?;
+                        vr.finish().map_err(|source| StoreError::Verify {
                             reference: canonical.clone(),
                             layer: desc.digest.clone(),
-                            source: FinishError::Digest(f.clone()),
-                        });
+                            source,
+                        })?;
+                    } else {
+                        unpacker
+                            .apply_layer(reader)
+                            .map_err(|e| uerr(&desc.digest, e))?;
+                        // Downloaded into staging: free the space as soon as it is applied.
+                        let _ = std::fs::remove_file(&lf.path);
                     }
-                    r.map_err(|e| uerr(&desc.digest, e))?;
-                    vr.finish().map_err(|source| StoreError::Verify {
-                        reference: canonical.clone(),
-                        layer: desc.digest.clone(),
-                        source,
-                    })?;
-                } else {
-                    unpacker.apply_layer(reader).map_err(|e| uerr(&desc.digest, e))?;
-                    // Downloaded into staging: free the space as soon as it is applied.
-                    let _ = std::fs::remove_file(&lf.path);
+                    prog[i].state.store(progress::EXTRACTED, Ordering::Relaxed);
                 }
-                prog[i].state.store(progress::EXTRACTED, Ordering::Relaxed);
-            }
-            unpacker.finish().map_err(|e| uerr("-", e))
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?;
+                unpacker.finish().map_err(|e| uerr("-", e))
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
         downloads.abort_all();
         while downloads.join_next().await.is_some() {}
         result
     }
 
     fn discard(&self, dir: &Path) -> Result<(), StoreError> {
-        let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let trash = self.root.join("trash").join(format!("{name}.{}.{}", std::process::id(), now()));
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let trash =
+            self.root
+                .join("trash")
+                .join(format!("{name}.{}.{}", std::process::id(), now()));
         std::fs::rename(dir, &trash).map_err(|e| StoreError::io(dir, "rename to trash", e))?;
         unpack::remove_tree(&trash).map_err(|source| StoreError::Unpack {
             reference: name,
@@ -717,7 +749,9 @@ impl Store {
     fn read_refs(&self) -> Result<Refs, StoreError> {
         let p = self.root.join("refs.json");
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|source| StoreError::Json { path: p, source }),
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|source| StoreError::Json { path: p, source })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Refs::default()),
             Err(e) => Err(StoreError::io(&p, "read", e)),
         }
@@ -730,11 +764,19 @@ impl Store {
         f(&mut refs);
         let p = self.root.join("refs.json");
         let tmp = self.root.join(format!("refs.json.{}", std::process::id()));
-        write_file(&tmp, &serde_json::to_vec_pretty(&refs).expect("refs serialise"))?;
+        write_file(
+            &tmp,
+            &serde_json::to_vec_pretty(&refs).expect("refs serialise"),
+        )?;
         std::fs::rename(&tmp, &p).map_err(|e| StoreError::io(&p, "rename", e))
     }
 
-    fn record_ref(&self, canonical: &str, platform: &Platform, digest: &str) -> Result<(), StoreError> {
+    fn record_ref(
+        &self,
+        canonical: &str,
+        platform: &Platform,
+        digest: &str,
+    ) -> Result<(), StoreError> {
         let key = ref_key(canonical, platform);
         let refs = self.read_refs()?;
         if refs.refs.get(&key).map(|e| e.digest.as_str()) == Some(digest) {
@@ -796,7 +838,11 @@ impl Store {
     }
 
     /// The cached image for `reference`, with its manifest and entry metadata, as JSON.
-    pub fn inspect(&self, reference: &str, opts: &PullOptions) -> Result<serde_json::Value, StoreError> {
+    pub fn inspect(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+    ) -> Result<serde_json::Value, StoreError> {
         let img = self
             .lookup(reference, opts)?
             .ok_or_else(|| StoreError::NotFound(reference.to_string()))?;
@@ -853,7 +899,8 @@ impl Store {
             let hex = sha256_hex(&digest).unwrap_or_default().to_string();
             for (name, _) in self.entries()? {
                 if name.starts_with(&format!("{hex}-")) {
-                    let lock = lock_file(&self.root.join("locks").join(format!("{name}.lock")), false)?;
+                    let lock =
+                        lock_file(&self.root.join("locks").join(format!("{name}.lock")), false)?;
                     if lock.is_none() {
                         continue;
                     }
@@ -907,7 +954,10 @@ struct Plan {
 
 enum Fetch {
     Registry(Arc<RegistryClient>),
-    Local { config: Vec<u8>, layers: Vec<LayerFile> },
+    Local {
+        config: Vec<u8>,
+        layers: Vec<LayerFile>,
+    },
 }
 
 impl Plan {
@@ -966,7 +1016,8 @@ fn lock_file(path: &Path, block: bool) -> Result<Option<Flock<File>>, StoreError
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     let mut f = File::create(path).map_err(|e| StoreError::io(path, "create", e))?;
-    f.write_all(data).map_err(|e| StoreError::io(path, "write", e))?;
+    f.write_all(data)
+        .map_err(|e| StoreError::io(path, "write", e))?;
     Ok(())
 }
 

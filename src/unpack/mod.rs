@@ -67,7 +67,9 @@ impl Default for Limits {
 pub enum UnpackError {
     #[error("cannot open unpack root {path}: {source}")]
     OpenRoot { path: PathBuf, source: Errno },
-    #[error("layer entry {path:?}: a path component is \"..\"; refusing a path that leaves the root")]
+    #[error(
+        "layer entry {path:?}: a path component is \"..\"; refusing a path that leaves the root"
+    )]
     DotDot { path: String },
     #[error("layer entry {path:?}: whiteout names {name:?}, which is not a file name")]
     BadWhiteout { path: String, name: String },
@@ -312,13 +314,20 @@ impl Unpacker {
                     match mkdirat(&*parent, name.as_os_str(), Mode::from_bits_truncate(0o700)) {
                         Ok(()) => {}
                         Err(Errno::EEXIST) => {
-                            let st = fstatat(&*parent, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
-                                .map_err(|e| sys(&display, "fstatat", e))?;
-                            if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
+                            let st =
+                                fstatat(&*parent, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                                    .map_err(|e| sys(&display, "fstatat", e))?;
+                            if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
+                                != SFlag::S_IFDIR
+                            {
                                 remove_at(&parent, &name, &display)?;
                                 self.parent_cache = None;
-                                mkdirat(&*parent, name.as_os_str(), Mode::from_bits_truncate(0o700))
-                                    .map_err(|e| sys(&display, "mkdirat", e))?;
+                                mkdirat(
+                                    &*parent,
+                                    name.as_os_str(),
+                                    Mode::from_bits_truncate(0o700),
+                                )
+                                .map_err(|e| sys(&display, "mkdirat", e))?;
                             }
                         }
                         Err(e) => return Err(sys(&display, "mkdirat", e)),
@@ -348,13 +357,18 @@ impl Unpacker {
                         }
                     }
                     if self.chown {
-                        nix::unistd::fchown(&file, Some(Uid::from_raw(huid)), Some(Gid::from_raw(hgid)))
-                            .map_err(|e| sys(&display, "fchown", e))?;
+                        nix::unistd::fchown(
+                            &file,
+                            Some(Uid::from_raw(huid)),
+                            Some(Gid::from_raw(hgid)),
+                        )
+                        .map_err(|e| sys(&display, "fchown", e))?;
                     }
                     fchmod(&file, Mode::from_bits_truncate(mode))
                         .map_err(|e| sys(&display, "fchmod", e))?;
                     let t = TimeSpec::new(mtime as i64, 0);
-                    nix::sys::stat::futimens(&file, &t, &t).map_err(|e| sys(&display, "futimens", e))?;
+                    nix::sys::stat::futimens(&file, &t, &t)
+                        .map_err(|e| sys(&display, "futimens", e))?;
                 }
                 T::Symlink => {
                     let target = entry
@@ -368,8 +382,14 @@ impl Unpacker {
                     .map_err(|e| sys(&display, "symlinkat", e))?;
                     self.chown_at(&parent, &name, huid, hgid, &display)?;
                     let t = TimeSpec::new(mtime as i64, 0);
-                    utimensat(&*parent, name.as_os_str(), &t, &t, UtimensatFlags::NoFollowSymlink)
-                        .map_err(|e| sys(&display, "utimensat", e))?;
+                    utimensat(
+                        &*parent,
+                        name.as_os_str(),
+                        &t,
+                        &t,
+                        UtimensatFlags::NoFollowSymlink,
+                    )
+                    .map_err(|e| sys(&display, "utimensat", e))?;
                 }
                 T::Link => {
                     let target_raw = entry
@@ -387,7 +407,8 @@ impl Unpacker {
                     if target_rel == rel {
                         continue;
                     }
-                    let target_parent_rel = target_rel.parent().unwrap_or(Path::new("")).to_path_buf();
+                    let target_parent_rel =
+                        target_rel.parent().unwrap_or(Path::new("")).to_path_buf();
                     let tparent = self
                         .open_existing_dir(&target_parent_rel, &display)?
                         .ok_or_else(bad)?;
@@ -409,7 +430,13 @@ impl Unpacker {
                 T::Fifo => {
                     let parent = self.parent(&parent_rel, &display)?;
                     retry_exists(&parent, &name, &display, &mut self.parent_cache, |p| {
-                        mknodat(p, name.as_os_str(), SFlag::S_IFIFO, Mode::from_bits_truncate(mode), 0)
+                        mknodat(
+                            p,
+                            name.as_os_str(),
+                            SFlag::S_IFIFO,
+                            Mode::from_bits_truncate(mode),
+                            0,
+                        )
                     })
                     .map_err(|e| sys(&display, "mknodat", e))?;
                     self.chown_at(&parent, &name, huid, hgid, &display)?;
@@ -457,7 +484,9 @@ impl Unpacker {
     }
 
     fn write_error(&self, display: &str, source: io::Error) -> UnpackError {
-        if self.stats.bytes > self.limits.max_bytes || source.to_string().contains("size limit exceeded") {
+        if self.stats.bytes > self.limits.max_bytes
+            || source.to_string().contains("size limit exceeded")
+        {
             UnpackError::TooLarge {
                 limit: self.limits.max_bytes,
             }
@@ -570,12 +599,21 @@ impl Unpacker {
             cur = Rc::new(fd);
         }
         Rc::try_unwrap(cur).or_else(|rc| {
-            rc.try_clone()
-                .map_err(|e| sys(display, "dup", Errno::from_raw(e.raw_os_error().unwrap_or(0))))
+            rc.try_clone().map_err(|e| {
+                sys(
+                    display,
+                    "dup",
+                    Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                )
+            })
         })
     }
 
-    fn open_existing_dir(&mut self, rel: &Path, display: &str) -> Result<Option<Rc<OwnedFd>>, UnpackError> {
+    fn open_existing_dir(
+        &mut self,
+        rel: &Path,
+        display: &str,
+    ) -> Result<Option<Rc<OwnedFd>>, UnpackError> {
         if rel.as_os_str().is_empty() {
             return Ok(Some(self.root.clone()));
         }
@@ -587,7 +625,12 @@ impl Unpacker {
     }
 
     /// `.wh..wh..opq`: remove everything in `dir` that lower layers put there.
-    fn opaque(&mut self, dir_rel: &Path, this_layer: &HashSet<PathBuf>, display: &str) -> Result<(), UnpackError> {
+    fn opaque(
+        &mut self,
+        dir_rel: &Path,
+        this_layer: &HashSet<PathBuf>,
+        display: &str,
+    ) -> Result<(), UnpackError> {
         let Some(dir) = self.open_existing_dir(dir_rel, display)? else {
             return Ok(());
         };
@@ -639,7 +682,8 @@ fn replaced_dir(c: &Created) -> bool {
 }
 
 fn create_file(parent: &OwnedFd, name: &OsStr, display: &str) -> Result<Created, UnpackError> {
-    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mode = Mode::from_bits_truncate(0o600);
     match openat(parent, name, flags, mode) {
         Ok(fd) => Ok(Created(fd, false)),

@@ -126,7 +126,13 @@ pub struct Image {
 
 impl Image {
     /// `layers` are (blob, media type); `diff_ids` are computed from the uncompressed tars given.
-    pub fn new(layers: Vec<(Vec<u8>, String)>, uncompressed: &[Vec<u8>], arch: &str, docker: bool, cmd: &[&str]) -> Image {
+    pub fn new(
+        layers: Vec<(Vec<u8>, String)>,
+        uncompressed: &[Vec<u8>],
+        arch: &str,
+        docker: bool,
+        cmd: &[&str],
+    ) -> Image {
         let diff_ids: Vec<String> = uncompressed.iter().map(|t| sha256(t)).collect();
         let config = serde_json::to_vec(&serde_json::json!({
             "architecture": arch,
@@ -137,7 +143,10 @@ impl Image {
         }))
         .unwrap();
         let (mt, cmt) = if docker {
-            (DOCKER_MANIFEST, "application/vnd.docker.container.image.v1+json")
+            (
+                DOCKER_MANIFEST,
+                "application/vnd.docker.container.image.v1+json",
+            )
         } else {
             (OCI_MANIFEST, "application/vnd.oci.image.config.v1+json")
         };
@@ -168,7 +177,10 @@ impl Image {
         );
         let tar = t.finish();
         Image::new(
-            vec![(gzip(&tar), "application/vnd.oci.image.layer.v1.tar+gzip".into())],
+            vec![(
+                gzip(&tar),
+                "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            )],
             &[tar],
             arch,
             false,
@@ -206,7 +218,11 @@ pub fn index(images: &[(&Image, &str, Option<&str>)], docker: bool) -> Vec<u8> {
 }
 
 /// Writes an OCI image layout with `images` tagged as given (`None` tag: untagged entry).
-pub fn write_oci_layout(dir: &Path, images: &[(&Image, Option<&str>)], extra_index: Option<(&[u8], &str)>) {
+pub fn write_oci_layout(
+    dir: &Path,
+    images: &[(&Image, Option<&str>)],
+    extra_index: Option<(&[u8], &str)>,
+) {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -223,8 +239,10 @@ pub fn write_oci_layout(dir: &Path, images: &[(&Image, Option<&str>)], extra_ind
     }
     if let Some((idx, tag)) = extra_index {
         std::fs::write(blobs.join(&sha256(idx)[7..]), idx).unwrap();
-        manifests.push(serde_json::json!({"mediaType": OCI_INDEX, "digest": sha256(idx), "size": idx.len(),
-            "annotations": {"org.opencontainers.image.ref.name": tag}}));
+        manifests.push(
+            serde_json::json!({"mediaType": OCI_INDEX, "digest": sha256(idx), "size": idx.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag}}),
+        );
     }
     std::fs::write(
         dir.join("index.json"),
@@ -251,7 +269,10 @@ pub fn write_docker_archive(path: &Path, img: &Image, tag: &str) {
         add(&n, l);
         layer_names.push(n);
     }
-    let manifest = serde_json::to_vec(&serde_json::json!([{"Config": cfg_name, "RepoTags": [tag], "Layers": layer_names}])).unwrap();
+    let manifest = serde_json::to_vec(
+        &serde_json::json!([{"Config": cfg_name, "RepoTags": [tag], "Layers": layer_names}]),
+    )
+    .unwrap();
     add("manifest.json", &manifest);
     b.finish().unwrap();
 }
@@ -274,9 +295,12 @@ pub enum Fault {
     AlwaysTruncate(usize),
 }
 
+/// Path → (body, content type).
+pub type Content = Arc<Mutex<HashMap<String, (Vec<u8>, String)>>>;
+
 pub struct FakeRegistry {
     pub addr: String,
-    pub content: Arc<Mutex<HashMap<String, (Vec<u8>, String)>>>,
+    pub content: Content,
     pub faults: Arc<Mutex<HashMap<String, Fault>>>,
     pub hits: Arc<Mutex<HashMap<String, usize>>>,
     stop: Arc<AtomicBool>,
@@ -310,7 +334,8 @@ impl FakeRegistry {
                 match listener.accept() {
                     Ok((s, _)) => {
                         conns.fetch_add(1, Ordering::Relaxed);
-                        let (c, f, h, st) = (content.clone(), faults.clone(), hits.clone(), stop.clone());
+                        let (c, f, h, st) =
+                            (content.clone(), faults.clone(), hits.clone(), stop.clone());
                         std::thread::spawn(move || {
                             let _ = serve(s, &c, &f, &h, &st);
                         });
@@ -326,18 +351,40 @@ impl FakeRegistry {
     pub fn put_image(&self, repo: &str, tag: &str, img: &Image) {
         let mut c = self.content.lock().unwrap();
         for (l, _) in &img.layers {
-            c.insert(format!("/v2/{repo}/blobs/{}", sha256(l)), (l.clone(), "application/octet-stream".into()));
+            c.insert(
+                format!("/v2/{repo}/blobs/{}", sha256(l)),
+                (l.clone(), "application/octet-stream".into()),
+            );
         }
-        c.insert(format!("/v2/{repo}/blobs/{}", sha256(&img.config)), (img.config.clone(), "application/json".into()));
-        let mt = if img.docker { DOCKER_MANIFEST } else { OCI_MANIFEST };
-        c.insert(format!("/v2/{repo}/manifests/{}", img.digest()), (img.manifest.clone(), mt.into()));
-        c.insert(format!("/v2/{repo}/manifests/{tag}"), (img.manifest.clone(), mt.into()));
+        c.insert(
+            format!("/v2/{repo}/blobs/{}", sha256(&img.config)),
+            (img.config.clone(), "application/json".into()),
+        );
+        let mt = if img.docker {
+            DOCKER_MANIFEST
+        } else {
+            OCI_MANIFEST
+        };
+        c.insert(
+            format!("/v2/{repo}/manifests/{}", img.digest()),
+            (img.manifest.clone(), mt.into()),
+        );
+        c.insert(
+            format!("/v2/{repo}/manifests/{tag}"),
+            (img.manifest.clone(), mt.into()),
+        );
     }
 
     pub fn put_manifest(&self, repo: &str, tag: &str, body: &[u8], media_type: &str) {
         let mut c = self.content.lock().unwrap();
-        c.insert(format!("/v2/{repo}/manifests/{}", sha256(body)), (body.to_vec(), media_type.into()));
-        c.insert(format!("/v2/{repo}/manifests/{tag}"), (body.to_vec(), media_type.into()));
+        c.insert(
+            format!("/v2/{repo}/manifests/{}", sha256(body)),
+            (body.to_vec(), media_type.into()),
+        );
+        c.insert(
+            format!("/v2/{repo}/manifests/{tag}"),
+            (body.to_vec(), media_type.into()),
+        );
     }
 
     pub fn fault(&self, path: &str, f: Fault) {
@@ -382,7 +429,9 @@ fn serve(
         }
         *hits.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
         if path == "/v2/" || path == "/v2" {
-            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}")?;
+            out.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}",
+            )?;
             continue;
         }
         let found = content.lock().unwrap().get(&path).cloned();
@@ -436,10 +485,18 @@ fn serve(
             None => {}
         }
         if method == "HEAD" {
-            write!(out, "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n", body.len())?;
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )?;
             continue;
         }
-        write!(out, "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n", body.len())?;
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )?;
         out.write_all(&body)?;
         out.flush()?;
     }
@@ -478,5 +535,7 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
 
 /// True in CI, where a missing fixture is a failure, not a skip.
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
