@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod digest;
 pub mod manifest;
+mod push;
 
 use std::future::Future;
 use std::io::Write;
