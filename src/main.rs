@@ -4,11 +4,6 @@ mod cli;
 
 fn main() {
     // The library's helper mode: a multithreaded caller runs sandboxes through us.
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == nsrun::helper::HELPER_ARG)
-    {
-        std::process::exit(nsrun::helper::helper_main());
-    }
+    nsrun::helper::run_if_helper();
     std::process::exit(cli::main(std::env::args().collect()));
 }

@@ -98,7 +98,10 @@ pub struct RunArgs {
     /// Directory for nsrun's state and image cache (default: see README).
     #[arg(long, value_name = "DIR", env = "NSRUN_ROOT")]
     pub root: Option<PathBuf>,
-    /// IMAGE (without --rootfs), then the command and its arguments.
+    /// The image to run (with --rootfs: the command).
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// The command and its arguments.
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
@@ -117,8 +120,9 @@ pub fn spec(a: &RunArgs) -> Result<SandboxSpec, Failure> {
             "no rootfs: pass --rootfs DIR (images arrive with `nsrun pull`)",
         ));
     };
-    let mut s = SandboxSpec::new(rootfs.clone(), Vec::<String>::new());
-    s.args = a.args.clone();
+    // With --rootfs there is no image: the first positional is the command.
+    let args: Vec<String> = a.image.iter().chain(&a.args).cloned().collect();
+    let mut s = SandboxSpec::new(rootfs.clone(), args);
     if s.args.is_empty() {
         return Err(Failure::usage(
             "no command given: nsrun run --rootfs DIR -- CMD [ARG...]",

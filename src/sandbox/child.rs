@@ -198,13 +198,31 @@ pub fn main(plan: &Plan, fds: &ChildFds, rlimits: &[Rlimit]) -> ! {
     if sys::read_full(fds.sync_r, &mut byte) != Ok(1) {
         sys::exit(125);
     }
-    sys::close(fds.sync_r);
 
     if let Err((stage, errno)) = setup(plan, fds) {
         Report::Failed { stage, errno }.send(fds.report_w);
         sys::exit(125);
     }
     init::run(plan, fds.report_w, rlimits)
+}
+
+/// Re-arms the parent-death signal, which the kernel clears on every credential change, and
+/// checks the parent did not die before it was armed: the parent holds the sync pipe's write
+/// end for the whole run, so a hang-up on our end means it is gone.
+fn rearm_parent_death(sync_r: RawFd) -> Result<(), i32> {
+    sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)?;
+    let mut pfd = libc::pollfd {
+        fd: sync_r,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n > 0 && pfd.revents & libc::POLLHUP != 0 {
+        sys::exit(125);
+    }
+    sys::close(sync_r);
+    Ok(())
 }
 
 /// Namespaces' contents: cgroup root, filesystem, hostname, loopback, stdio.
@@ -216,6 +234,7 @@ fn setup(plan: &Plan, fds: &ChildFds) -> Result<(), (Stage, i32)> {
     let groups: &[libc::gid_t] = &[];
     let (uid, gid) = plan.setup_ids;
     sys::set_ids(uid, gid, plan.idmap.setgroups.then_some(groups)).map_err(|e| (Stage::Ids, e))?;
+    rearm_parent_death(fds.sync_r).map_err(|e| (Stage::Ids, e))?;
     // Now that the parent placed us in our cgroup, make it the root of our cgroup view.
     sys::unshare(libc::CLONE_NEWCGROUP).map_err(|e| (Stage::UnshareCgroup, e))?;
     for (i, step) in plan.steps.iter().enumerate() {

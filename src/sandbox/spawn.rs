@@ -222,7 +222,7 @@ pub fn run(
         what: "release the sandbox",
         err: nix::errno::Errno::from_raw(e),
     })?;
-    drop(sync_w);
+    // `sync_w` stays open until the run ends: the child watches it to notice our death.
 
     let mut waiter = Waiter::new(pid, report_r, cancel, spec, started)?;
     let events = waiter.wait()?;
@@ -231,6 +231,7 @@ pub fn run(
         err: nix::errno::Errno::from_raw(e),
     })?;
     guard.0 = None;
+    drop(sync_w);
     let wall_time = started.elapsed();
 
     let mut stats = None;
