@@ -164,3 +164,76 @@ fn listing(dir: &std::path::Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// The uid_map the tool sees, as (inside, outside, count) triples.
+fn uid_map(flags: &[&str]) -> Vec<(u64, u64, u64)> {
+    let o = sh(flags, "cat /proc/self/uid_map");
+    assert_code(&o, 0);
+    stdout(&o)
+        .lines()
+        .map(|l| {
+            let f: Vec<u64> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
+            (f[0], f[1], f[2])
+        })
+        .collect()
+}
+
+#[test]
+fn id_mappings_never_map_host_root() {
+    let me = nix::unistd::geteuid().as_raw() as u64;
+    if is_root() {
+        assert_eq!(uid_map(&[]), [(0, 1_000_000_000, 65536)]);
+        assert_eq!(
+            uid_map(&["--uid-base", "2000000000"]),
+            [(0, 2_000_000_000, 65536)]
+        );
+        // Single id as root: still an unprivileged host id, the base plus the uid asked for.
+        assert_eq!(
+            uid_map(&["--userns", "single", "-u", "1000"]),
+            [(1000, 1_000_001_000, 1)]
+        );
+        // The user's supplementary group (users, 100) is not mapped there: it is left out.
+        let o = sh(&["--userns", "single", "-u", "tool"], "id -G");
+        assert_eq!(stdout(&o), "1000\n");
+    } else {
+        // Rootless, no helper: the caller is the one id, and it is whatever uid the tool runs as.
+        assert_eq!(uid_map(&["--userns", "single"]), [(0, me, 1)]);
+        assert_eq!(
+            uid_map(&["--userns", "single", "-u", "1000"]),
+            [(1000, me, 1)]
+        );
+        let o = sh(
+            &["--userns", "single", "-u", "1000:100"],
+            "id -u; id -g; cat /proc/self/gid_map",
+        );
+        assert_code(&o, 0);
+        let gid = nix::unistd::getegid().as_raw();
+        assert_eq!(
+            stdout(&o).split_whitespace().collect::<Vec<_>>(),
+            ["1000", "100", "100", &gid.to_string(), "1"]
+        );
+        // With /etc/subuid (CI gives the test user a range): podman's layout.
+        let has_subid = std::fs::read_to_string("/etc/subuid").is_ok_and(|s| {
+            let name = nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .unwrap()
+                .unwrap()
+                .name;
+            s.lines().any(|l| l.starts_with(&format!("{name}:")))
+        });
+        if has_subid {
+            let map = uid_map(&["--userns", "subid"]);
+            assert_eq!(map[0], (0, me, 1));
+            assert_eq!((map[1].0, map[1].2), (1, 65535));
+            assert_eq!(
+                uid_map(&[]),
+                map,
+                "auto uses the subordinate ids when configured"
+            );
+        } else {
+            assert!(!in_ci(), "CI gives the test user subordinate ids");
+            let o = sh(&["--userns", "subid"], "true");
+            assert_code(&o, 125);
+            assert!(stderr(&o).contains("/etc/subuid"), "{}", stderr(&o));
+        }
+    }
+}

@@ -110,6 +110,9 @@ impl Plan {
         let caps = CapSet::resolve(&spec.cap_add, &spec.cap_drop)?;
         let seccomp = seccomp::compile(&spec.seccomp, caps, spec.state_dir.as_deref())?;
         let env = environment(&spec.env, &hostname, &ident)?;
+        // Supplementary groups the namespace cannot express are left out (setgroups would fail).
+        let mut ident = ident;
+        ident.groups.retain(|g| idmap.host_gid(*g).is_some());
         let exec = exec_plan(&spec.args, env, &cwd, &ident, idmap.setgroups)?;
 
         let setup_ids = (
