@@ -141,11 +141,17 @@ impl Helper {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: the closure runs between fork and exec and calls only dup2, which is
-        // async-signal-safe; dup2 clears close-on-exec on the new descriptor.
+        // SAFETY: the closure runs between fork and exec and calls only dup2 and fcntl, which
+        // are async-signal-safe. dup2 clears close-on-exec on the new descriptor, except when
+        // the socket already is fd 3: then the flag is cleared by hand.
         unsafe {
             cmd.as_std_mut().pre_exec(move || {
-                if libc::dup2(theirs_fd, CONTROL_FD) < 0 {
+                let ret = if theirs_fd == CONTROL_FD {
+                    libc::fcntl(CONTROL_FD, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(theirs_fd, CONTROL_FD)
+                };
+                if ret < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

@@ -46,7 +46,7 @@ const SUBCOMMANDS: &[&str] = &["run", "help"];
 pub fn main(mut args: Vec<String>) -> i32 {
     // `nsrun IMAGE -- CMD` and `nsrun --rootfs DIR -- CMD` are `nsrun run …`.
     if let Some(first) = args.get(1) {
-        let is_global = matches!(first.as_str(), "--help" | "-V" | "--version");
+        let is_global = matches!(first.as_str(), "-h" | "--help" | "-V" | "--version");
         if !is_global && !SUBCOMMANDS.contains(&first.as_str()) {
             args.insert(1, "run".into());
         }
