@@ -57,7 +57,10 @@ pub enum Enforcement {
     /// A cgroup of our own holds the run.
     Cgroup(RunCgroup),
     /// No cgroup could be created: rlimits stand in where they can; `unenforced` names the rest.
-    Rlimits { rlimits: Vec<Rlimit>, unenforced: Vec<String> },
+    Rlimits {
+        rlimits: Vec<Rlimit>,
+        unenforced: Vec<String>,
+    },
 }
 
 /// Creates the run's cgroup (or decides on rlimits).
