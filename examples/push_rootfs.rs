@@ -44,7 +44,11 @@ fn parse() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         let mut val = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
-            "--layers" => a.layers = val("--layers")?.parse().map_err(|e| format!("--layers: {e}"))?,
+            "--layers" => {
+                a.layers = val("--layers")?
+                    .parse()
+                    .map_err(|e| format!("--layers: {e}"))?
+            }
             "--zstd" => a.zstd = true,
             "--docker" => a.docker = true,
             "--cmd" => a.cmd.push(val("--cmd")?),
@@ -118,7 +122,10 @@ async fn run(a: Args) -> Result<String, String> {
     top.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
     let mut bins: Vec<(u64, Vec<PathBuf>)> = vec![(0, Vec::new()); a.layers.min(top.len().max(1))];
     for (size, name) in top {
-        let lightest = bins.iter_mut().min_by_key(|b| b.0).expect("at least one layer");
+        let lightest = bins
+            .iter_mut()
+            .min_by_key(|b| b.0)
+            .expect("at least one layer");
         lightest.0 += size;
         lightest.1.push(name);
     }
@@ -135,7 +142,10 @@ async fn run(a: Args) -> Result<String, String> {
     for (_, entries) in &bins {
         let tar = layer_tar(&a.dir, entries).map_err(|e| format!("building layer: {e}"))?;
         diff_ids.push(nsrun::registry::digest::sha256_digest(&tar));
-        layers.push((compress(&tar, a.zstd).map_err(|e| e.to_string())?, media_type.to_string()));
+        layers.push((
+            compress(&tar, a.zstd).map_err(|e| e.to_string())?,
+            media_type.to_string(),
+        ));
     }
     let host = Platform::host();
     let config = serde_json::to_vec(&serde_json::json!({

@@ -16,7 +16,10 @@ impl RegistryClient {
     async fn push_client(&self) -> Result<&oci_client::Client, RegistryError> {
         let mut errors = Vec::new();
         for (i, client) in self.clients.iter().enumerate() {
-            match client.auth(&self.image, &self.auth, RegistryOperation::Push).await {
+            match client
+                .auth(&self.image, &self.auth, RegistryOperation::Push)
+                .await
+            {
                 Ok(_) => {
                     self.chosen.store(i, std::sync::atomic::Ordering::Relaxed);
                     return Ok(client);
@@ -46,7 +49,10 @@ impl RegistryClient {
         let client = self.push_client().await?;
         for b in blobs {
             let digest = sha256_digest(b);
-            let exists = client.blob_exists(&self.image, &digest).await.unwrap_or(false);
+            let exists = client
+                .blob_exists(&self.image, &digest)
+                .await
+                .unwrap_or(false);
             if !exists {
                 client
                     .push_blob(&self.image, b.to_vec(), &digest)
@@ -59,7 +65,11 @@ impl RegistryClient {
 
     /// Pushes a manifest (image or index) as given, under the reference's tag (or digest).
     /// Returns its digest.
-    pub async fn push_manifest_bytes(&self, body: &[u8], media_type: &str) -> Result<String, RegistryError> {
+    pub async fn push_manifest_bytes(
+        &self,
+        body: &[u8],
+        media_type: &str,
+    ) -> Result<String, RegistryError> {
         let client = self.push_client().await?;
         let ct = http::HeaderValue::from_str(media_type).map_err(|_| RegistryError::Transfer {
             what: "push manifest".into(),
@@ -76,12 +86,20 @@ impl RegistryClient {
 
     /// Pushes layers and config, then builds and pushes the image manifest (OCI media types, or
     /// Docker schema 2 when `docker`). Returns the manifest digest.
-    pub async fn push_image(&self, layers: &[Blob], config: &[u8], docker: bool) -> Result<String, RegistryError> {
+    pub async fn push_image(
+        &self,
+        layers: &[Blob],
+        config: &[u8],
+        docker: bool,
+    ) -> Result<String, RegistryError> {
         let mut all: Vec<&[u8]> = layers.iter().map(|(b, _)| b.as_slice()).collect();
         all.push(config);
         self.push_blobs(&all).await?;
         let (mt, cmt) = if docker {
-            (super::manifest::DOCKER_MANIFEST, super::manifest::DOCKER_CONFIG)
+            (
+                super::manifest::DOCKER_MANIFEST,
+                super::manifest::DOCKER_CONFIG,
+            )
         } else {
             (super::manifest::OCI_MANIFEST, super::manifest::OCI_CONFIG)
         };

@@ -219,6 +219,21 @@ impl Unpacker {
                 true
             }
         };
+        if chown {
+            // The root directory itself belongs to container root too, or `/` shows as nobody.
+            let (uid, gid) = match ownership {
+                Ownership::Squash { uid, gid } => (uid, gid),
+                Ownership::Shift {
+                    uid_base, gid_base, ..
+                } => (uid_base, gid_base),
+            };
+            std::os::unix::fs::chown(root, Some(uid), Some(gid)).map_err(|e| {
+                UnpackError::OpenRoot {
+                    path: root.to_path_buf(),
+                    source: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                }
+            })?;
+        }
         Ok(Unpacker {
             root: Rc::new(fd),
             ownership,
