@@ -12,11 +12,24 @@
 //! trash/                               entries being deleted (renamed here first, so they vanish at once)
 //! ```
 //!
+//! ```no_run
+//! use nsrun::store::{PullOptions, PullPolicy, Store};
+//! # async fn f() -> Result<(), nsrun::store::StoreError> {
+//! let store = Store::open(&Store::default_root())?;
+//! let opts = PullOptions::default(); // host platform, ownership for the current user
+//! // Sync and network-free when cached: what `nsrun run IMAGE` does first.
+//! if store.lookup("alpine:3.19", &opts)?.is_none() {
+//!     let img = store.ensure_image("alpine:3.19", PullPolicy::Missing, &opts).await?;
+//!     println!("{} {} at {}", img.reference, img.digest, img.rootfs[0].display());
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! **Flattened, not overlaid.** Each image is unpacked into one directory (layers applied in
 //! order, whiteouts resolved at unpack time), so the sandbox needs one read-only bind mount and
 //! no overlayfs — which, unprivileged, needs kernel ≥ 5.11, and whose whiteouts are device nodes
 //! or trusted xattrs we cannot create rootless. The cost is disk: two images sharing a base layer
-//! store it twice. The measured figures are in the README's "Image cache" section.
+//! store it twice. The measured figures are in `rootfs-cache/README.md`.
 //!
 //! **Crash safety.** Nothing is visible until the rename of a complete staging directory; a pull
 //! killed at any point leaves only a staging directory, removed by the next pull of the same entry

@@ -176,6 +176,46 @@ impl<R: Read> Read for Budget<R> {
     }
 }
 
+/// Reads decompressed chunks handed over by the decompression thread.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.cur = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Fills `buf` unless the stream ends first; returns the bytes read.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 fn strip_setid(mode: u32) -> u32 {
     mode & 0o1777
 }
@@ -246,16 +286,64 @@ impl Unpacker {
     }
 
     /// Applies one layer, compressed or not (sniffed), on top of what is already unpacked.
-    pub fn apply_layer<R: Read>(&mut self, raw: R) -> Result<(), UnpackError> {
-        let raw = BufReader::with_capacity(256 * 1024, raw);
-        let dec = decoder(raw).map_err(UnpackError::Tar)?;
+    ///
+    /// A compressed layer is decompressed on a second thread, a few MiB ahead of the writer, so
+    /// inflating and creating files overlap (together they are most of a pull's time).
+    pub fn apply_layer<R: Read + Send>(&mut self, raw: R) -> Result<(), UnpackError> {
+        let mut raw = BufReader::with_capacity(256 * 1024, raw);
+        let compressed = sniff(&mut raw).map_err(UnpackError::Tar)? != Compression::None;
         let used = Rc::new(Cell::new(self.stats.bytes));
-        let budget = Budget {
-            inner: dec,
-            used: used.clone(),
-            limit: self.limits.max_bytes,
+        let result = if compressed {
+            std::thread::scope(|scope| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+                let reader = scope.spawn(move || {
+                    let mut dec = match decoder(raw) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    loop {
+                        let mut buf = vec![0u8; 512 * 1024];
+                        match read_full(&mut dec, &mut buf) {
+                            Ok(0) => return,
+                            Ok(n) => {
+                                buf.truncate(n);
+                                // A closed channel means the writer stopped: stop too.
+                                if tx.send(Ok(buf)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        }
+                    }
+                });
+                let budget = Budget {
+                    inner: ChannelReader {
+                        rx,
+                        cur: Vec::new(),
+                        pos: 0,
+                    },
+                    used: used.clone(),
+                    limit: self.limits.max_bytes,
+                };
+                let r = self.apply_tar(budget);
+                // The budget (and its receiver) is gone: the reader thread ends at its next send.
+                let _ = reader.join();
+                r
+            })
+        } else {
+            let budget = Budget {
+                inner: raw,
+                used: used.clone(),
+                limit: self.limits.max_bytes,
+            };
+            self.apply_tar(budget)
         };
-        let result = self.apply_tar(budget);
         self.stats.bytes = used.get();
         if used.get() > self.limits.max_bytes {
             return Err(UnpackError::TooLarge {
@@ -457,7 +545,6 @@ impl Unpacker {
                     self.chown_at(&parent, &name, huid, hgid, &display)?;
                 }
                 T::Char | T::Block => {
-                    eprintln!("nsrun: warning: skipping device node {display:?} in layer");
                     self.stats.devices_skipped.push(display);
                     continue;
                 }
@@ -477,6 +564,16 @@ impl Unpacker {
     /// Applies deferred directory modes and times; returns what was done.
     pub fn finish(mut self) -> Result<UnpackStats, UnpackError> {
         self.parent_cache = None;
+        if !self.stats.devices_skipped.is_empty() {
+            let mut names = self.stats.devices_skipped.clone();
+            names.sort();
+            names.dedup();
+            eprintln!(
+                "nsrun: warning: skipped {} device node(s) in the image (the sandbox provides /dev): {}",
+                names.len(),
+                names.join(", ")
+            );
+        }
         let mut dirs: Vec<(PathBuf, (u32, u64))> = self.dirs.drain().collect();
         // Deepest first, so a parent's restrictive mode does not stop us reaching its children.
         dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
