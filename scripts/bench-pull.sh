@@ -46,7 +46,7 @@ mkdir "$work/rootfs"
 tar -C "$work/rootfs" -xf "$cache/debian-rootfs.tar"
 echo "rootfs: $(du -sh "$work/rootfs" | cut -f1), $(find "$work/rootfs" | wc -l) files"
 
-cargo build --release --quiet --bin nsrun --example push_rootfs --example cache_layout
+cargo build --release --quiet --bin nsrun --example push_rootfs --example cache_layout --example lookup_time
 nsrun=$repo/target/release/nsrun
 
 if [[ -z ${NSRUN_TEST_REGISTRY:-} ]]; then
@@ -81,6 +81,7 @@ for i in $(seq 1 "$runs"); do
   measure nsrun "$nsrun" pull -q --root "$work/nsrun-root" "$ref"
 done
 du_nsrun=$(du -sh "$work/nsrun-root/images" | cut -f1)
+lookup=$("$repo/target/release/examples/lookup_time" "$work/nsrun-root" "$ref" 2000)
 
 if command -v skopeo >/dev/null; then
   tools+=(skopeo)
@@ -114,6 +115,7 @@ for t in "${tools[@]}"; do
   printf '%-8s %10.2f %14.1f\n' "$t" "$w" "$(echo "$r / 1024" | bc -l)"
 done
 echo "(skopeo copy only fetches blobs into an OCI layout; it does not unpack. nsrun pull unpacks: $du_nsrun on disk.)"
+echo "cached-image resolution for nsrun run IMAGE: $lookup"
 
 echo
 echo "flattened vs overlay of layers (examples/cache_layout):"
