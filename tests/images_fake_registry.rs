@@ -448,6 +448,14 @@ async fn policies_corruption_rmi_and_gc() {
     let j = s.inspect(&r, &opts()).unwrap();
     assert_eq!(j["digest"], img.digest());
     assert_eq!(j["config"]["config"]["Cmd"][0], "/bin/tool");
+    // Held by a run: rmi forgets the name but keeps the files until the run lets go.
+    let img_now = s.lookup(&r, &opts()).unwrap().unwrap();
+    let hold = s.hold(&img_now).unwrap();
+    assert!(s.remove(&r, &opts()).unwrap().is_empty());
+    assert!(img_now.rootfs[0].join("hello").exists());
+    assert!(s.gc().unwrap().entries.is_empty());
+    drop(hold);
+    s.pull(&r, &opts()).await.unwrap();
     let removed = s.remove(&r, &opts()).unwrap();
     assert_eq!(removed.len(), 1);
     assert!(s.lookup(&r, &opts()).unwrap().is_none());

@@ -912,11 +912,9 @@ impl Store {
             let hex = sha256_hex(&digest).unwrap_or_default().to_string();
             for (name, _) in self.entries()? {
                 if name.starts_with(&format!("{hex}-")) {
-                    let lock =
-                        lock_file(&self.root.join("locks").join(format!("{name}.lock")), false)?;
-                    if lock.is_none() {
-                        continue;
-                    }
+                    let Some(_locks) = self.idle(&name)? else {
+                        continue; // being installed, or held by a run: gc removes it later
+                    };
                     self.discard(&self.entry_dir(&name))?;
                     removed.push(name);
                 }
@@ -925,15 +923,53 @@ impl Store {
         Ok(removed)
     }
 
+    /// Both locks of an entry, taken without waiting: `None` when a pull is installing it or a
+    /// run holds it ([`Store::hold`]).
+    fn idle(&self, name: &str) -> Result<Option<(Flock<File>, Flock<File>)>, StoreError> {
+        let locks = self.root.join("locks");
+        let Some(install) = lock_file(&locks.join(format!("{name}.lock")), false)? else {
+            return Ok(None);
+        };
+        let Some(used) = lock_file(&locks.join(format!("{name}.use")), false)? else {
+            return Ok(None);
+        };
+        Ok(Some((install, used)))
+    }
+
+    /// Keeps `img` from being removed by `rmi`/`gc` while the returned guard lives (a shared
+    /// flock; any number of runs can hold one image). Fails if the entry was removed meanwhile.
+    pub fn hold(&self, img: &ResolvedImage) -> Result<ImageHold, StoreError> {
+        let name = img
+            .entry
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = self.root.join("locks").join(format!("{name}.use"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, "open lock", e))?;
+        let lock =
+            Flock::lock(f, FlockArg::LockShared).map_err(|(_, source)| StoreError::Lock {
+                path: path.clone(),
+                source,
+            })?;
+        if !img.entry.join("entry.json").is_file() {
+            return Err(StoreError::NotFound(img.reference.clone()));
+        }
+        Ok(ImageHold { _lock: lock })
+    }
+
     /// Removes entries no reference points to, broken entries, stale staging and trash.
     pub fn gc(&self) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
         let refs = self.read_refs()?;
         for (name, meta) in self.entries()? {
-            let lock = lock_file(&self.root.join("locks").join(format!("{name}.lock")), false)?;
-            if lock.is_none() {
-                continue; // a pull is installing it right now
-            }
+            let Some(_locks) = self.idle(&name)? else {
+                continue; // a pull is installing it, or a run holds it
+            };
             match meta {
                 None => {
                     self.discard(&self.entry_dir(&name))?;
@@ -955,6 +991,12 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+/// See [`Store::hold`].
+#[derive(Debug)]
+pub struct ImageHold {
+    _lock: Flock<File>,
 }
 
 /// What a pull installs, wherever it comes from.
