@@ -925,7 +925,7 @@ impl Store {
 
     /// Both locks of an entry, taken without waiting: `None` when a pull is installing it or a
     /// run holds it ([`Store::hold`]).
-    fn idle(&self, name: &str) -> Result<Option<(Flock<File>, Flock<File>)>, StoreError> {
+    fn idle(&self, name: &str) -> Result<Option<EntryLocks>, StoreError> {
         let locks = self.root.join("locks");
         let Some(install) = lock_file(&locks.join(format!("{name}.lock")), false)? else {
             return Ok(None);
@@ -992,6 +992,9 @@ impl Store {
         Ok(report)
     }
 }
+
+/// An entry's install lock and use lock, both held.
+type EntryLocks = (Flock<File>, Flock<File>);
 
 /// See [`Store::hold`].
 #[derive(Debug)]
