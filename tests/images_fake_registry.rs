@@ -700,3 +700,37 @@ fn sigkill_mid_pull_leaves_nothing_visible() {
         "stale staging not swept"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_flow_as_on_docker_hub() {
+    let reg = FakeRegistry::start();
+    let img = Image::simple("amd64", "bearer");
+    reg.put_image("tok/img", "v1", &img);
+    let r = format!("{}/tok/img:v1", reg.addr);
+    // Anonymous token (Docker Hub's public images).
+    *reg.bearer.lock().unwrap() = Some(String::new());
+    let (_t, s) = store();
+    let got = s.pull(&r, &opts()).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(got.rootfs[0].join("hello")).unwrap(),
+        "bearer"
+    );
+    assert!(
+        reg.hits
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with("/token")),
+        "no token was fetched"
+    );
+    // A token only for the right basic credentials (private repositories).
+    *reg.bearer.lock().unwrap() = Some("alice:pw".into());
+    let (_t2, s2) = store();
+    let err = s2.pull(&r, &opts()).await.unwrap_err().to_string();
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert_nothing_installed(&s2);
+    let mut o = opts();
+    o.registry.creds = Some("alice:pw".into());
+    let got = s2.pull(&r, &o).await.unwrap();
+    assert_eq!(got.digest, img.digest());
+}

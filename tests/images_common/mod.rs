@@ -305,6 +305,9 @@ pub struct FakeRegistry {
     pub hits: Arc<Mutex<HashMap<String, usize>>>,
     stop: Arc<AtomicBool>,
     pub connections: Arc<AtomicUsize>,
+    /// When set, the registry wants bearer tokens, as Docker Hub does: `/token` hands one out to
+    /// clients presenting these `user:pass` basic credentials (`""`: to anyone).
+    pub bearer: Arc<Mutex<Option<String>>>,
 }
 
 impl FakeRegistry {
@@ -320,6 +323,7 @@ impl FakeRegistry {
             hits: Default::default(),
             stop: Arc::new(AtomicBool::new(false)),
             connections: Default::default(),
+            bearer: Default::default(),
         };
         let (content, faults, hits, stop, conns) = (
             reg.content.clone(),
@@ -328,6 +332,7 @@ impl FakeRegistry {
             reg.stop.clone(),
             reg.connections.clone(),
         );
+        let (bearer, addr) = (reg.bearer.clone(), reg.addr.clone());
         std::thread::spawn(move || {
             let deadline = std::time::Instant::now() + Duration::from_secs(600);
             while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
@@ -336,8 +341,9 @@ impl FakeRegistry {
                         conns.fetch_add(1, Ordering::Relaxed);
                         let (c, f, h, st) =
                             (content.clone(), faults.clone(), hits.clone(), stop.clone());
+                        let (b, a) = (bearer.clone(), addr.clone());
                         std::thread::spawn(move || {
-                            let _ = serve(s, &c, &f, &h, &st);
+                            let _ = serve(s, &c, &f, &h, &st, &b, &a);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -408,6 +414,8 @@ fn serve(
     faults: &Mutex<HashMap<String, Fault>>,
     hits: &Mutex<HashMap<String, usize>>,
     stop: &AtomicBool,
+    bearer: &Mutex<Option<String>>,
+    addr: &str,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -421,13 +429,46 @@ fn serve(
         let mut parts = line.split_whitespace();
         let method = parts.next().unwrap_or("").to_string();
         let path = parts.next().unwrap_or("").to_string();
+        let mut authorization = String::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
                 break;
             }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("authorization") {
+                    authorization = v.trim().to_string();
+                }
+            }
         }
         *hits.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
+        let required = bearer.lock().unwrap().clone();
+        if let Some(creds) = required {
+            const TOKEN: &str = "fake-token-123";
+            if path.starts_with("/token") {
+                use base64::Engine;
+                let want = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(&creds)
+                );
+                if creds.is_empty() || authorization == want {
+                    let b = format!(
+                        r#"{{"token":"{TOKEN}","access_token":"{TOKEN}","expires_in":300}}"#
+                    );
+                    write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len())?;
+                } else {
+                    out.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")?;
+                }
+                continue;
+            }
+            if authorization != format!("Bearer {TOKEN}") {
+                let b =
+                    br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+                write!(out, "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"fake-registry\"\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", b.len())?;
+                out.write_all(b)?;
+                continue;
+            }
+        }
         if path == "/v2/" || path == "/v2" {
             out.write_all(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}",
