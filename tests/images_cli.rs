@@ -116,6 +116,10 @@ fn sigkill_mid_pull_then_pull_again() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(reg.hits(&blob) > 0, "the pull never reached the layer");
+    // Meanwhile the image is not there for --pull never.
+    let o = run(&root, &["pull", "--pull", "never", &r]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    assert!(text(&o).contains("not in the cache"), "{}", text(&o));
     // Half the layer is on disk in staging now.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

@@ -23,11 +23,22 @@ pub struct ImageOpts {
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
     /// Reach this registry over plain HTTP when HTTPS fails, without verifying its certificate
-    /// (localhost and 127.0.0.0/8 get the HTTP fallback anyway).
-    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    /// (localhost and 127.0.0.0/8 get the HTTP fallback anyway). Repeatable; the environment
+    /// variable takes a comma-separated list.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST[:PORT]",
+        env = "NSRUN_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     pub insecure_registry: Vec<String>,
     /// Trust this PEM CA certificate for registries, besides the system roots.
-    #[arg(long = "registry-ca", value_name = "FILE")]
+    #[arg(
+        long = "registry-ca",
+        value_name = "FILE",
+        env = "NSRUN_REGISTRY_CA",
+        value_delimiter = ','
+    )]
     pub registry_ca: Vec<PathBuf>,
     /// Registry credentials (default: ~/.docker/config.json, else anonymous).
     #[arg(
@@ -37,9 +48,9 @@ pub struct ImageOpts {
         hide_env_values = true
     )]
     pub creds: Option<String>,
-    /// When to pull: always, missing (default) or never.
-    #[arg(long, value_enum, value_name = "WHEN", default_value = "missing")]
-    pub pull: PullPolicy,
+    /// When to pull: always, missing or never (default: missing for run, always for pull).
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub pull: Option<PullPolicy>,
     /// Refuse images whose layers unpack to more than SIZE (default 16g).
     #[arg(long, value_name = "SIZE")]
     pub max_image_bytes: Option<String>,
@@ -99,24 +110,34 @@ impl ImageOpts {
         })
     }
 
-    /// `lookup` without a runtime; a runtime only when the policy says to pull.
+    /// `lookup` without a runtime; a runtime only when the policy says to pull. `--pull`
+    /// defaults to `missing` here, as for `docker run`.
     #[allow(dead_code)] // for `run IMAGE`, which the sandbox side wires
     pub fn ensure_image(
         &self,
         reference: &str,
         ownership: Ownership,
     ) -> Result<ResolvedImage, Failure> {
-        let s = self.store()?;
         let opts = self.pull_options(ownership)?;
-        if self.pull != PullPolicy::Always {
-            if let Some(img) = s.lookup(reference, &opts).map_err(fail)? {
+        self.ensure_with(reference, &opts, self.pull.unwrap_or(PullPolicy::Missing))
+    }
+
+    fn ensure_with(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+        policy: PullPolicy,
+    ) -> Result<ResolvedImage, Failure> {
+        let s = self.store()?;
+        if policy != PullPolicy::Always {
+            if let Some(img) = s.lookup(reference, opts).map_err(fail)? {
                 return Ok(img);
             }
-            if self.pull == PullPolicy::Never {
+            if policy == PullPolicy::Never {
                 return Err(fail(store::StoreError::NotFound(reference.to_string())));
             }
         }
-        block_on(s.pull(reference, &opts)).map_err(fail)
+        block_on(s.pull(reference, opts)).map_err(fail)
     }
 }
 
@@ -143,10 +164,11 @@ pub struct PullArgs {
 }
 
 pub fn pull(a: PullArgs) -> Result<i32, Failure> {
-    let s = a.image.store()?;
     let mut opts = a.image.pull_options(store::default_ownership())?;
     opts.progress = !a.quiet;
-    let img = block_on(s.pull(&a.reference, &opts)).map_err(fail)?;
+    // `nsrun pull` re-resolves the reference unless told otherwise, as `docker pull` does.
+    let policy = a.image.pull.unwrap_or(PullPolicy::Always);
+    let img = a.image.ensure_with(&a.reference, &opts, policy)?;
     if a.quiet {
         println!("{}", img.digest);
     } else {
