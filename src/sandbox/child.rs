@@ -238,7 +238,8 @@ fn setup(plan: &Plan, fds: &ChildFds) -> Result<(), (Stage, i32)> {
     // Now that the parent placed us in our cgroup, make it the root of our cgroup view.
     sys::unshare(libc::CLONE_NEWCGROUP).map_err(|e| (Stage::UnshareCgroup, e))?;
     for (i, step) in plan.steps.iter().enumerate() {
-        step.execute().map_err(|e| (Stage::Step(i), e))?;
+        step.execute(&plan.mount_fds)
+            .map_err(|e| (Stage::Step(i), e))?;
     }
     sys::sethostname(&plan.hostname).map_err(|e| (Stage::Hostname, e))?;
     if plan.loopback_up {

@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use super::caps::{CapSet, CapsError};
 use super::idmap::{Caller, IdMap, IdmapError};
-use super::mounts::{self, MountError, Source, Step};
+use super::mounts::{self, Fds, MountError, Source, Step};
 use super::seccomp::{self, Filter, SeccompError};
 use super::spec::{Network, SandboxSpec, DEFAULT_PATH};
 use super::user::{self, Identity, UserError};
@@ -67,6 +67,8 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Host paths the steps mount from.
     pub sources: Vec<Source>,
+    /// Descriptor numbers the steps use.
+    pub mount_fds: Fds,
     /// The ids the child takes on inside the namespace before setting up (container root when
     /// mapped), so that what it creates is owned by a mapped id.
     pub setup_ids: (u32, u32),
@@ -141,6 +143,7 @@ impl Plan {
             idmap,
             steps: mounts.steps,
             sources: mounts.sources,
+            mount_fds: mounts.fds,
             setup_ids,
             hostname: hostname.into_bytes(),
             loopback_up: spec.network == Network::None,

@@ -16,7 +16,7 @@ use thiserror::Error;
 use super::cgroup::{self, CgroupError, Enforcement};
 use super::child::{self, ChildFds, Report, Stage, REPORT_SIZE};
 use super::diagnose::{self, HostFacts};
-use super::init::FORWARDED;
+use super::init::{FORWARDED, WAITED};
 use super::plan::{new_run_id, Plan, PlanError};
 use super::spec::SandboxSpec;
 use super::sys;
@@ -195,9 +195,7 @@ pub fn run(
 
     // Blocked here, inherited blocked by pid 1, which collects them with sigwaitinfo; we read
     // ours from a signalfd and pass them on.
-    let mut blocked = FORWARDED.to_vec();
-    blocked.push(libc::SIGCHLD);
-    let _mask = MaskGuard(sys::sigmask(libc::SIG_BLOCK, &sys::sigset(&blocked)));
+    let _mask = MaskGuard(sys::sigmask(libc::SIG_BLOCK, &sys::sigset(&WAITED)));
 
     let started = Instant::now();
     let pid = match sys::clone_process(plan.clone_flags) {
@@ -328,6 +326,14 @@ struct Events {
     termination: Option<Termination>,
     timed_out: bool,
     cancelled: bool,
+}
+
+impl Drop for Waiter<'_> {
+    /// Signals that arrived after pid 1 was gone have no one to go to; left pending, they would
+    /// hit nsrun itself once the mask is restored.
+    fn drop(&mut self) {
+        while let Ok(Some(_)) = self.signals.read_signal() {}
+    }
 }
 
 /// The parent's wait loop: pid 1's exit, its reports, our signals, the timeout and the cancel fd.
