@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nsrun::sandbox::cgroup::{apply_rlimits, setup, setup_at, Enforcement, Limits, RunCgroup};
+use nsrun::sandbox::cgroup::{
+    apply_rlimits, setup, setup_at, setup_explained, Enforcement, Limits, RunCgroup,
+};
 
 fn read(p: impl AsRef<Path>) -> String {
     std::fs::read_to_string(p.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", p.as_ref().display()))
@@ -46,7 +48,11 @@ fn v2_fake_tree_limits_stats_kill_remove() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     fake_v2(root, "cpu memory pids");
-    let cg = cgroup(setup_at(root, "0::/user.slice/app\n", &all_limits(), "run1").unwrap());
+    let cg = cgroup(
+        setup_at(root, "0::/user.slice/app\n", &all_limits(), "run1")
+            .unwrap()
+            .0,
+    );
     let dir = root.join("user.slice/app/nsrun/run1");
     assert!(cg.is_v2());
     assert_eq!(cg.v2_dir(), Some(dir.as_path()));
@@ -115,7 +121,11 @@ fn v2_swap_settings_and_only_needed_controllers() {
         memory_swap: Some(-1),
         ..Default::default()
     };
-    let cg = cgroup(setup_at(tmp.path(), "0::/user.slice/app", &l, "a").unwrap());
+    let cg = cgroup(
+        setup_at(tmp.path(), "0::/user.slice/app", &l, "a")
+            .unwrap()
+            .0,
+    );
     let dir = tmp.path().join("user.slice/app/nsrun/a");
     assert_eq!(read(dir.join("memory.swap.max")), "max");
     assert!(!dir.join("cpu.max").exists() && !dir.join("pids.max").exists());
@@ -127,7 +137,11 @@ fn v2_swap_settings_and_only_needed_controllers() {
         pids: Some(5),
         ..Default::default()
     };
-    let _cg = cgroup(setup_at(tmp.path(), "0::/user.slice/app", &l, "b").unwrap());
+    let _cg = cgroup(
+        setup_at(tmp.path(), "0::/user.slice/app", &l, "b")
+            .unwrap()
+            .0,
+    );
     let ctl = read(
         tmp.path()
             .join("user.slice/app/nsrun/cgroup.subtree_control"),
@@ -146,11 +160,13 @@ fn v2_without_delegation_falls_back_to_rlimits() {
         ..Default::default()
     };
     match setup_at(tmp.path(), "0::/user.slice/app", &l, "r").unwrap() {
-        Enforcement::Rlimits {
-            rlimits,
-            unenforced,
-            reason,
-        } => {
+        (
+            Enforcement::Rlimits {
+                rlimits,
+                unenforced,
+            },
+            Some(reason),
+        ) => {
             assert_eq!(rlimits.len(), 2);
             assert!(
                 reason.contains("does not delegate memory, pids"),
@@ -195,7 +211,7 @@ fn v1_fake_tree_limits_and_stats() {
             memory_swap: Some(96 << 20),
             ..all_limits()
         };
-        let cg = cgroup(setup_at(root, &proc_text, &limits, "r1").unwrap());
+        let cg = cgroup(setup_at(root, &proc_text, &limits, "r1").unwrap().0);
         assert!(!cg.is_v2());
         let mem = root.join("memory/job/42/nsrun/r1");
         let cpu = if comount {
@@ -256,7 +272,11 @@ fn run_id_collisions_and_bad_ids_are_errors() {
         pids: Some(3),
         ..Default::default()
     };
-    let _a = cgroup(setup_at(tmp.path(), "0::/user.slice/app", &l, "same").unwrap());
+    let _a = cgroup(
+        setup_at(tmp.path(), "0::/user.slice/app", &l, "same")
+            .unwrap()
+            .0,
+    );
     let e = setup_at(tmp.path(), "0::/user.slice/app", &l, "same")
         .unwrap_err()
         .to_string();
@@ -269,7 +289,7 @@ fn run_id_collisions_and_bad_ids_are_errors() {
     }
     assert!(matches!(
         setup_at(tmp.path(), "0::/", &Limits::default(), "x").unwrap(),
-        Enforcement::None
+        (Enforcement::None, None)
     ));
 }
 
@@ -412,19 +432,20 @@ fn rootless_falls_back_to_rlimits_with_a_message() {
         cpus: Some(1.0),
         ..Default::default()
     };
-    match setup(&limits, &run_id("rootless")).unwrap() {
-        Enforcement::Rlimits {
-            rlimits,
-            unenforced,
-            reason,
-        } => {
+    match setup_explained(&limits, &run_id("rootless")).unwrap() {
+        (
+            Enforcement::Rlimits {
+                rlimits,
+                unenforced,
+            },
+            Some(reason),
+        ) => {
             assert_eq!(rlimits.len(), 2);
             assert!(unenforced.iter().any(|u| u == "--cpus"));
             assert!(reason.contains("no cgroup could be created"), "{reason}");
             let line = Enforcement::Rlimits {
                 rlimits,
                 unenforced,
-                reason,
             }
             .warning()
             .unwrap();
@@ -434,19 +455,22 @@ fn rootless_falls_back_to_rlimits_with_a_message() {
             );
             assert!(!line.contains('\n'));
         }
-        Enforcement::Cgroup(cg) => {
+        (Enforcement::Cgroup(cg), _) => {
             // A delegated v2 cgroup would do too; it must then really be ours to write.
             let dirs: Vec<_> = cg.paths().map(Path::to_path_buf).collect();
             cg.remove().unwrap();
             eprintln!("delegated cgroup available: {dirs:?}");
         }
-        Enforcement::None => panic!("limits were asked for"),
+        other => panic!("expected rlimits with a reason, got {other:?}"),
     }
 }
 
 /// Forks; the child applies the rlimits and tries to map `bytes` of private memory.
 fn mmap_under_rlimits(limits: &Limits, bytes: usize) -> i32 {
-    let rl = match setup_at(Path::new("/nonexistent"), "0::/", limits, "x").unwrap() {
+    let rl = match setup_at(Path::new("/nonexistent"), "0::/", limits, "x")
+        .unwrap()
+        .0
+    {
         Enforcement::Rlimits { rlimits, .. } => rlimits,
         other => panic!("no cgroupfs there: expected rlimits, got {other:?}"),
     };

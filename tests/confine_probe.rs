@@ -3,7 +3,9 @@
 //! namespace so the test is the same as root and unprivileged. The full sandbox (namespaces,
 //! read-only root, masks) is covered by confine_escape.rs through `nsrun run`.
 
-mod common;
+#[path = "confine_common/mod.rs"]
+mod confine_common;
+use confine_common as common;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;

@@ -487,9 +487,10 @@ fn arch_map_covers_i386_entry() {
 #[test]
 fn bpf_cache_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("seccomp-cache");
+    let state = dir.path().join("state");
+    let cache = state.join("seccomp");
     let fresh = default_filter();
-    let first = compile(&SeccompSource::Default, CapSet::default_set(), Some(&cache))
+    let first = compile(&SeccompSource::Default, CapSet::default_set(), Some(&state))
         .unwrap()
         .unwrap();
     let files: Vec<_> = std::fs::read_dir(&cache)
@@ -507,14 +508,14 @@ fn bpf_cache_round_trip() {
         .unwrap()
         .unwrap();
     std::fs::write(entry, other.to_bytes()).unwrap();
-    let hit = compile(&SeccompSource::Default, CapSet::default_set(), Some(&cache))
+    let hit = compile(&SeccompSource::Default, CapSet::default_set(), Some(&state))
         .unwrap()
         .unwrap();
     assert_eq!(hit.to_bytes(), other.to_bytes(), "served from the cache");
 
     // A corrupt entry is recompiled and replaced.
     std::fs::write(entry, b"garbage").unwrap();
-    let again = compile(&SeccompSource::Default, CapSet::default_set(), Some(&cache))
+    let again = compile(&SeccompSource::Default, CapSet::default_set(), Some(&state))
         .unwrap()
         .unwrap();
     assert_eq!(again.to_bytes(), fresh.to_bytes());
@@ -523,7 +524,7 @@ fn bpf_cache_round_trip() {
     // Another cap set or another profile is another entry; no temporary files are left.
     let mut caps = CapSet::default_set();
     caps.insert(cap_from_name("SYS_ADMIN").unwrap());
-    compile(&SeccompSource::Default, caps, Some(&cache))
+    compile(&SeccompSource::Default, caps, Some(&state))
         .unwrap()
         .unwrap();
     let src = write_profile(
@@ -531,7 +532,7 @@ fn bpf_cache_round_trip() {
         "p.json",
         r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#,
     );
-    compile(&src, CapSet::default_set(), Some(&cache))
+    compile(&src, CapSet::default_set(), Some(&state))
         .unwrap()
         .unwrap();
     let names: Vec<String> = std::fs::read_dir(&cache)

@@ -1,4 +1,4 @@
-//! Capabilities kept by the tool, and the /proc paths the core masks or makes read-only.
+//! Capabilities kept by the tool.
 //!
 //! The parent resolves `--cap-add`/`--cap-drop` into a [`CapSet`] (a bitmask); the child applies it
 //! with two allocation-free calls: [`drop_bounding`] while it still holds every capability of its
@@ -87,34 +87,6 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "SETGID",
     "SETUID",
     "NET_BIND_SERVICE",
-];
-
-/// /proc and /sys paths the core hides (an empty read-only bind or tmpfs over them), as Docker does:
-/// they leak host information (`kcore`, `keys`, `timer_list`, `sched_debug`) or reach hardware
-/// (`acpi`, `scsi`, thermal throttling) in ways no tool needs. A path missing on the host is skipped.
-pub const MASKED_PATHS: &[&str] = &[
-    "/proc/asound",
-    "/proc/acpi",
-    "/proc/interrupts",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
-/// /proc paths the core bind-mounts read-only over themselves, as Docker does: writing to them
-/// changes the host kernel (`sysrq-trigger`, `sys`), and `irq`, `bus` and `fs` hold per-host knobs.
-pub const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
 ];
 
 /// A set of capabilities as a bitmask indexed by capability number.
@@ -389,17 +361,5 @@ mod tests {
             set_of(&["CHOWN", "NET_RAW"]).names(),
             ["CAP_CHOWN", "CAP_NET_RAW"]
         );
-    }
-
-    #[test]
-    fn masked_and_readonly_lists_are_absolute_and_disjoint() {
-        for p in MASKED_PATHS.iter().chain(READONLY_PATHS) {
-            assert!(p.starts_with("/proc/") || p.starts_with("/sys/"), "{p}");
-        }
-        for p in MASKED_PATHS {
-            assert!(!READONLY_PATHS.contains(p), "{p} in both lists");
-        }
-        assert!(MASKED_PATHS.contains(&"/proc/kcore"));
-        assert!(READONLY_PATHS.contains(&"/proc/sysrq-trigger"));
     }
 }

@@ -196,11 +196,10 @@ pub enum Enforcement {
     /// A cgroup of our own holds the run.
     Cgroup(RunCgroup),
     /// No cgroup could be created: rlimits stand in where they can; `unenforced` names the rest
-    /// (one phrase per limit, e.g. `"--cpus"`), `reason` says why there is no cgroup.
+    /// (one phrase per limit, e.g. `"--cpus"`). [`setup_explained`] also says why.
     Rlimits {
         rlimits: Vec<Rlimit>,
         unenforced: Vec<String>,
-        reason: String,
     },
 }
 
@@ -209,17 +208,14 @@ impl Enforcement {
     ///
     /// ```
     /// use nsrun::sandbox::cgroup::Enforcement;
-    /// let e = Enforcement::Rlimits { rlimits: vec![], unenforced: vec!["--cpus".into()],
-    ///     reason: "no writable cgroup".into() };
+    /// let e = Enforcement::Rlimits { rlimits: vec![], unenforced: vec!["--cpus".into()] };
     /// assert_eq!(e.warning().unwrap(), "warning: not enforced: --cpus (no writable cgroup)");
     /// ```
     pub fn warning(&self) -> Option<String> {
         let (list, reason) = match self {
             Enforcement::None => return None,
             Enforcement::Cgroup(c) => (&c.unenforced, "not supported by this host's cgroups"),
-            Enforcement::Rlimits {
-                unenforced, reason, ..
-            } => (unenforced, reason.as_str()),
+            Enforcement::Rlimits { unenforced, .. } => (unenforced, "no writable cgroup"),
         };
         if list.is_empty() {
             return None;
@@ -253,8 +249,17 @@ pub struct RunCgroup {
 ///
 /// `run_id` names the directory (`…/nsrun/<run_id>`); it must be unique among live runs.
 pub fn setup(limits: &Limits, run_id: &str) -> Result<Enforcement, CgroupError> {
+    Ok(setup_explained(limits, run_id)?.0)
+}
+
+/// [`setup`], plus why no cgroup could be created when it falls back to rlimits (e.g.
+/// "cannot create /sys/fs/cgroup/pids/nsrun: Permission denied"), for verbose output.
+pub fn setup_explained(
+    limits: &Limits,
+    run_id: &str,
+) -> Result<(Enforcement, Option<String>), CgroupError> {
     if limits.is_empty() {
-        return Ok(Enforcement::None);
+        return Ok((Enforcement::None, None));
     }
     let text = std::fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| CgroupError::ProcSelf(e.to_string()))?;
@@ -262,15 +267,15 @@ pub fn setup(limits: &Limits, run_id: &str) -> Result<Enforcement, CgroupError> 
 }
 
 /// [`setup`] against the cgroupfs mounted at `fs_root` (normally `/sys/fs/cgroup`), for a process
-/// whose `/proc/self/cgroup` reads `proc_self_cgroup`.
+/// whose `/proc/self/cgroup` reads `proc_self_cgroup`; returns what [`setup_explained`] does.
 pub fn setup_at(
     fs_root: &Path,
     proc_self_cgroup: &str,
     limits: &Limits,
     run_id: &str,
-) -> Result<Enforcement, CgroupError> {
+) -> Result<(Enforcement, Option<String>), CgroupError> {
     if limits.is_empty() {
-        return Ok(Enforcement::None);
+        return Ok((Enforcement::None, None));
     }
     limits.validate()?;
     if run_id.is_empty() || run_id.contains('/') || run_id == "." || run_id == ".." {
@@ -279,17 +284,18 @@ pub fn setup_at(
     let entries = parse_proc_self_cgroup(proc_self_cgroup)?;
     let mut why_not = Vec::new();
     match v2::try_create(fs_root, &entries, limits, run_id)? {
-        Ok(cg) => return Ok(Enforcement::Cgroup(cg)),
+        Ok(cg) => return Ok((Enforcement::Cgroup(cg), None)),
         Err(reason) => why_not.push(reason),
     }
     match v1::try_create(fs_root, &entries, limits, run_id)? {
-        Ok(cg) => return Ok(Enforcement::Cgroup(cg)),
+        Ok(cg) => return Ok((Enforcement::Cgroup(cg), None)),
         Err(reason) => why_not.push(reason),
     }
-    Ok(rlimit_fallback(limits, why_not.join("; ")))
+    let reason = format!("no cgroup could be created: {}", why_not.join("; "));
+    Ok((rlimit_fallback(limits), Some(reason)))
 }
 
-fn rlimit_fallback(limits: &Limits, reason: String) -> Enforcement {
+fn rlimit_fallback(limits: &Limits) -> Enforcement {
     let mut rlimits = Vec::new();
     let mut unenforced = Vec::new();
     if let Some(p) = limits.pids {
@@ -318,7 +324,6 @@ fn rlimit_fallback(limits: &Limits, reason: String) -> Enforcement {
     Enforcement::Rlimits {
         rlimits,
         unenforced,
-        reason: format!("no cgroup could be created: {reason}"),
     }
 }
 
@@ -678,8 +683,7 @@ mod tests {
         let Enforcement::Rlimits {
             rlimits,
             unenforced,
-            reason,
-        } = rlimit_fallback(&l, "because".into())
+        } = rlimit_fallback(&l)
         else {
             panic!("expected rlimits")
         };
@@ -702,14 +706,10 @@ mod tests {
             &unenforced[1..],
             ["--memory-swap", "--cpus", "--cpu-shares"]
         );
-        assert!(reason.contains("because"));
-        let only_pids = rlimit_fallback(
-            &Limits {
-                pids: Some(5),
-                ..Default::default()
-            },
-            String::new(),
-        );
+        let only_pids = rlimit_fallback(&Limits {
+            pids: Some(5),
+            ..Default::default()
+        });
         assert!(
             only_pids.warning().is_none(),
             "pids is fully enforced by RLIMIT_NPROC"

@@ -97,9 +97,9 @@ pub struct Filter {
 
 /// Compiles `source` for the capability set `caps` (which decides `includes`/`excludes` rules).
 ///
-/// Returns `None` for [`SeccompSource::Unconfined`]. With `cache_dir`, the BPF is looked up in and
-/// stored to that directory (created if missing; files `<sha256>.bpf`, written to a temporary name
-/// and renamed, so concurrent runs never see half a program). An unreadable or corrupt cache
+/// Returns `None` for [`SeccompSource::Unconfined`]. With `cache_dir` (nsrun's state directory),
+/// the BPF is looked up in and stored to `<cache_dir>/seccomp/<sha256>.bpf` (created if missing,
+/// written to a temporary name and renamed, so concurrent runs never see half a program). An unreadable or corrupt cache
 /// entry is recompiled; a cache that cannot be written is not an error.
 pub fn compile(
     source: &SeccompSource,
@@ -120,14 +120,16 @@ pub fn compile(
     };
     let native = native_arch()?;
     let kernel = kernel_version();
-    let cache_file =
-        cache_dir.map(|d| d.join(format!("{}.bpf", cache_key(bytes, caps, native, kernel))));
+    let cache_dir = cache_dir.map(|d| d.join("seccomp"));
+    let cache_file = cache_dir
+        .as_deref()
+        .map(|d| d.join(format!("{}.bpf", cache_key(bytes, caps, native, kernel))));
     if let Some(f) = cache_file.as_deref().and_then(read_cached) {
         return Ok(Some(f));
     }
     let resolved = Profile::parse(bytes)?.resolve(caps, native, kernel)?;
     let filter = build(&resolved)?;
-    if let (Some(dir), Some(file)) = (cache_dir, cache_file.as_deref()) {
+    if let (Some(dir), Some(file)) = (cache_dir.as_deref(), cache_file.as_deref()) {
         // Best effort: a read-only or full state dir costs speed, not correctness.
         let _ = write_cached(dir, file, &filter);
     }
