@@ -1,3 +1,9 @@
+//! `nsrun`: see `nsrun --help` and the README.
+
 mod cli;
 
-fn main() {}
+fn main() {
+    // The library's helper mode: a multithreaded caller runs sandboxes through us.
+    nsrun::helper::run_if_helper();
+    std::process::exit(cli::main(std::env::args().collect()));
+}

@@ -1,3 +1,72 @@
-//! The command line: parses, then calls the library.
+//! The command line: parses, then calls the library. Nothing here that the library cannot do.
 
 pub mod image;
+pub mod run;
+
+use clap::{Parser, Subcommand};
+
+/// An error that ends nsrun: one line on stderr and an exit status (125 for nsrun's own errors).
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    /// A bad flag or argument: Docker's 125.
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 125,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nsrun",
+    version,
+    about = "Run untrusted tools in rootless containers, without a daemon"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a new sandbox.
+    Run(run::RunArgs),
+}
+
+/// Subcommand names, so that `nsrun IMAGE -- CMD` can be told from `nsrun SUBCOMMAND`.
+const SUBCOMMANDS: &[&str] = &["run", "help"];
+
+/// Parses `args` (including argv[0]) and runs the command; returns the exit status.
+pub fn main(mut args: Vec<String>) -> i32 {
+    // `nsrun IMAGE -- CMD` and `nsrun --rootfs DIR -- CMD` are `nsrun run …`.
+    if let Some(first) = args.get(1) {
+        let is_global = matches!(first.as_str(), "-h" | "--help" | "-V" | "--version");
+        if !is_global && !SUBCOMMANDS.contains(&first.as_str()) {
+            args.insert(1, "run".into());
+        }
+    }
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 125 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(a) => run::main(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("nsrun: {}", f.message);
+            f.code
+        }
+    }
+}

@@ -1,14 +1,54 @@
-//! (being written)
+//! Which host ids the container's ids stand for, and writing that into a new user namespace.
+//!
+//! Container root is never host root:
+//! - **as root**, container ids `0..65536` map to a dedicated unprivileged host range starting at
+//!   [`DEFAULT_ROOT_ID_BASE`] (override with `--uid-base` / `NSRUN_UID_BASE`);
+//! - **rootless with subordinate ids** (`/etc/subuid` and `/etc/subgid` name the caller and
+//!   `newuidmap`/`newgidmap` are installed), the caller maps to container root and container ids
+//!   `1..=N` to the caller's subordinate range, as podman does;
+//! - **rootless otherwise** (or `--userns single`), the caller maps to one container id: root, or
+//!   the uid asked for with `-u`, as bubblewrap does. No setuid helper is involved.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Host uid (and gid) that container id 0 maps to when nsrun runs as root.
+///
+/// High enough to stay clear of the usual `/etc/subuid` allocations (100000 + 65536·n) and of
+/// systemd's dynamic users, and documented so a host can keep it free.
+pub const DEFAULT_ROOT_ID_BASE: u32 = 1_000_000_000;
+/// Number of ids in a range mapping: as many as a normal distribution image uses.
+pub const RANGE_SIZE: u32 = 65536;
 
 /// How container ids map to host ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UsernsMode {
+    /// Root: the dedicated range. Rootless: subordinate ids when configured, else single.
     #[default]
     Auto,
+    /// One id: the caller becomes container root (or the `-u` uid).
     Single,
+    /// A 65536-id range (root: dedicated range; rootless: subordinate ids, required).
     Subid,
+}
+
+impl std::str::FromStr for UsernsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(UsernsMode::Auto),
+            "single" => Ok(UsernsMode::Single),
+            "subid" | "range" => Ok(UsernsMode::Subid),
+            other => Err(format!(
+                "invalid --userns {other:?}: expected auto, single or subid"
+            )),
+        }
+    }
 }
 
 /// Who owns the files of an unpacked rootfs, so that they are mapped inside the container.
@@ -17,5 +57,387 @@ pub enum Ownership {
     /// Every file belongs to one host uid/gid (rootless: the caller, which maps to container root).
     Squash { uid: u32, gid: u32 },
     /// Container id N is host id `base + N` (root: the dedicated range).
-    Shift { uid_base: u32, gid_base: u32, size: u32 },
+    Shift {
+        uid_base: u32,
+        gid_base: u32,
+        size: u32,
+    },
+}
+
+#[derive(Debug, Error)]
+pub enum IdmapError {
+    #[error("--userns subid: no entry for user {user} (uid {uid}) in {file}; add one (e.g. `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}`) or use --userns single")]
+    NoSubid {
+        user: String,
+        uid: u32,
+        file: &'static str,
+    },
+    #[error("--userns subid: {0} is not installed (Debian/Ubuntu: apt-get install uidmap)")]
+    NoHelper(&'static str),
+    #[error("container uid {0} is not mapped in this user namespace (single-id mode maps only one uid; use --userns subid or run as root)")]
+    UnmappedUid(u32),
+    #[error(
+        "container gid {0} is not mapped in this user namespace (single-id mode maps only one gid)"
+    )]
+    UnmappedGid(u32),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{tool} failed ({status}): {stderr}")]
+    Helper {
+        tool: &'static str,
+        status: String,
+        stderr: String,
+    },
+    #[error("running {tool}: {source}")]
+    Spawn {
+        tool: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// One line of a `uid_map`/`gid_map`: `inside outside count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+/// How the maps get written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Writer {
+    /// Write `/proc/PID/{uid,gid}_map` ourselves (root, or a rootless single id).
+    Direct,
+    /// Ask the setuid `newuidmap`/`newgidmap` to write them (rootless ranges).
+    Helpers {
+        newuidmap: PathBuf,
+        newgidmap: PathBuf,
+    },
+}
+
+/// The id mapping of one run, decided in the parent before clone.
+#[derive(Debug, Clone)]
+pub struct IdMap {
+    pub uids: Vec<Extent>,
+    pub gids: Vec<Extent>,
+    writer: Writer,
+    /// Whether `setgroups(2)` is allowed in the namespace (not for a rootless single id).
+    pub setgroups: bool,
+}
+
+/// The identity of the calling process that a mapping is decided for.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Caller {
+    /// The effective ids of this process.
+    pub fn current() -> Caller {
+        Caller {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+}
+
+impl IdMap {
+    /// Decides the mapping. `want` is the container uid/gid the tool will run as: in single-id mode
+    /// the caller maps straight to it, so that `-u 1000` works without any helper.
+    pub fn decide(
+        mode: UsernsMode,
+        caller: Caller,
+        want: (u32, u32),
+        root_base: Option<u32>,
+    ) -> Result<IdMap, IdmapError> {
+        if caller.uid == 0 && mode != UsernsMode::Single {
+            let base = root_base.unwrap_or(DEFAULT_ROOT_ID_BASE);
+            let ext = vec![Extent {
+                inside: 0,
+                outside: base,
+                count: RANGE_SIZE,
+            }];
+            return Ok(IdMap {
+                uids: ext.clone(),
+                gids: ext,
+                writer: Writer::Direct,
+                setgroups: true,
+            });
+        }
+        if mode != UsernsMode::Single && caller.uid != 0 {
+            match subid_map(caller, Path::new("/etc/subuid"), Path::new("/etc/subgid")) {
+                Ok(map) => return Ok(map),
+                Err(e) if mode == UsernsMode::Subid => return Err(e),
+                Err(_) => {}
+            }
+        }
+        // Single id. As root this still maps to an unprivileged id: the dedicated base plus the
+        // uid asked for, never host root.
+        let (out_uid, out_gid, setgroups) = if caller.uid == 0 {
+            let base = root_base.unwrap_or(DEFAULT_ROOT_ID_BASE);
+            (base + want.0, base + want.1, true)
+        } else {
+            (caller.uid, caller.gid, false)
+        };
+        Ok(IdMap {
+            uids: vec![Extent {
+                inside: want.0,
+                outside: out_uid,
+                count: 1,
+            }],
+            gids: vec![Extent {
+                inside: want.1,
+                outside: out_gid,
+                count: 1,
+            }],
+            writer: Writer::Direct,
+            setgroups,
+        })
+    }
+
+    /// Host uid that container uid `uid` stands for.
+    pub fn host_uid(&self, uid: u32) -> Option<u32> {
+        lookup(&self.uids, uid)
+    }
+
+    /// Host gid that container gid `gid` stands for.
+    pub fn host_gid(&self, gid: u32) -> Option<u32> {
+        lookup(&self.gids, gid)
+    }
+
+    /// Checks that the tool's ids exist in the namespace.
+    pub fn check_ids(&self, uid: u32, gid: u32) -> Result<(), IdmapError> {
+        self.host_uid(uid).ok_or(IdmapError::UnmappedUid(uid))?;
+        self.host_gid(gid).ok_or(IdmapError::UnmappedGid(gid))?;
+        Ok(())
+    }
+
+    /// Who should own an unpacked image's files for them to be mapped as in the image.
+    pub fn ownership(&self) -> Ownership {
+        match self.uids.as_slice() {
+            [one] if one.inside == 0 && one.count >= RANGE_SIZE => Ownership::Shift {
+                uid_base: one.outside,
+                gid_base: self.gids[0].outside,
+                size: one.count,
+            },
+            _ => Ownership::Squash {
+                uid: self.uids[0].outside,
+                gid: self.gids[0].outside,
+            },
+        }
+    }
+
+    /// Parent side: writes the maps of the freshly cloned `pid`, which waits on its sync pipe.
+    pub fn write(&self, pid: libc::pid_t) -> Result<(), IdmapError> {
+        match &self.writer {
+            Writer::Direct => {
+                if !self.setgroups {
+                    // An unprivileged process may map its gid only after giving up setgroups(2).
+                    write_proc(pid, "setgroups", b"deny")?;
+                }
+                write_proc(pid, "gid_map", render(&self.gids).as_bytes())?;
+                write_proc(pid, "uid_map", render(&self.uids).as_bytes())
+            }
+            Writer::Helpers {
+                newuidmap,
+                newgidmap,
+            } => {
+                run_helper("newgidmap", newgidmap, pid, &self.gids)?;
+                run_helper("newuidmap", newuidmap, pid, &self.uids)
+            }
+        }
+    }
+}
+
+fn lookup(extents: &[Extent], id: u32) -> Option<u32> {
+    extents
+        .iter()
+        .find(|e| id >= e.inside && id - e.inside < e.count)
+        .map(|e| e.outside + (id - e.inside))
+}
+
+fn render(extents: &[Extent]) -> String {
+    extents
+        .iter()
+        .map(|e| format!("{} {} {}\n", e.inside, e.outside, e.count))
+        .collect()
+}
+
+fn write_proc(pid: libc::pid_t, file: &str, data: &[u8]) -> Result<(), IdmapError> {
+    let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+    // One write(2): the kernel accepts a map only as a single write.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(data))
+        .map_err(|source| IdmapError::Write { path, source })
+}
+
+fn run_helper(
+    tool: &'static str,
+    path: &Path,
+    pid: libc::pid_t,
+    extents: &[Extent],
+) -> Result<(), IdmapError> {
+    let mut cmd = Command::new(path);
+    cmd.arg(pid.to_string());
+    for e in extents {
+        cmd.args([
+            e.inside.to_string(),
+            e.outside.to_string(),
+            e.count.to_string(),
+        ]);
+    }
+    let out = cmd
+        .output()
+        .map_err(|source| IdmapError::Spawn { tool, source })?;
+    if !out.status.success() {
+        return Err(IdmapError::Helper {
+            tool,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The subordinate-id mapping for a rootless caller: caller → 0, subordinate ids → 1..=N.
+fn subid_map(caller: Caller, subuid: &Path, subgid: &Path) -> Result<IdMap, IdmapError> {
+    let user = nix::unistd::User::from_uid(caller.uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| caller.uid.to_string());
+    let (us, uc) = find_subid(subuid, &user, caller.uid).ok_or(IdmapError::NoSubid {
+        user: user.clone(),
+        uid: caller.uid,
+        file: "/etc/subuid",
+    })?;
+    let (gs, gc) = find_subid(subgid, &user, caller.uid).ok_or(IdmapError::NoSubid {
+        user: user.clone(),
+        uid: caller.uid,
+        file: "/etc/subgid",
+    })?;
+    let newuidmap = find_in_path("newuidmap").ok_or(IdmapError::NoHelper("newuidmap"))?;
+    let newgidmap = find_in_path("newgidmap").ok_or(IdmapError::NoHelper("newgidmap"))?;
+    let (uc, gc) = (uc.min(RANGE_SIZE - 1), gc.min(RANGE_SIZE - 1));
+    Ok(IdMap {
+        uids: vec![
+            Extent {
+                inside: 0,
+                outside: caller.uid,
+                count: 1,
+            },
+            Extent {
+                inside: 1,
+                outside: us,
+                count: uc,
+            },
+        ],
+        gids: vec![
+            Extent {
+                inside: 0,
+                outside: caller.gid,
+                count: 1,
+            },
+            Extent {
+                inside: 1,
+                outside: gs,
+                count: gc,
+            },
+        ],
+        writer: Writer::Helpers {
+            newuidmap,
+            newgidmap,
+        },
+        setgroups: true,
+    })
+}
+
+/// First `NAME_OR_UID:START:COUNT` line of `file` for this user.
+fn find_subid(file: &Path, user: &str, uid: u32) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string(file).ok()?;
+    parse_subid(&text, user, uid)
+}
+
+fn parse_subid(text: &str, user: &str, uid: u32) -> Option<(u32, u32)> {
+    text.lines().find_map(|line| {
+        let mut f = line.trim().split(':');
+        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+        if who != user && who.parse::<u32>().ok() != Some(uid) {
+            return None;
+        }
+        let (start, count) = (start.parse().ok()?, count.parse().ok()?);
+        (count > 0).then_some((start, count))
+    })
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_maps_to_the_dedicated_range() {
+        let m = IdMap::decide(UsernsMode::Auto, Caller { uid: 0, gid: 0 }, (0, 0), None).unwrap();
+        assert_eq!(m.host_uid(0), Some(DEFAULT_ROOT_ID_BASE));
+        assert_eq!(m.host_uid(1000), Some(DEFAULT_ROOT_ID_BASE + 1000));
+        assert_eq!(m.host_uid(RANGE_SIZE), None);
+        assert_eq!(
+            m.ownership(),
+            Ownership::Shift {
+                uid_base: DEFAULT_ROOT_ID_BASE,
+                gid_base: DEFAULT_ROOT_ID_BASE,
+                size: RANGE_SIZE
+            }
+        );
+        assert_eq!(render(&m.uids), format!("0 {DEFAULT_ROOT_ID_BASE} 65536\n"));
+    }
+
+    #[test]
+    fn rootless_single_maps_the_caller_to_the_wanted_uid() {
+        let m = IdMap::decide(
+            UsernsMode::Single,
+            Caller { uid: 1234, gid: 99 },
+            (1000, 1000),
+            None,
+        )
+        .unwrap();
+        assert_eq!(m.host_uid(1000), Some(1234));
+        assert_eq!(m.host_uid(0), None);
+        assert!(!m.setgroups);
+        assert!(m.check_ids(0, 0).is_err());
+        assert_eq!(m.ownership(), Ownership::Squash { uid: 1234, gid: 99 });
+    }
+
+    #[test]
+    fn root_single_never_maps_host_root() {
+        let m = IdMap::decide(
+            UsernsMode::Single,
+            Caller { uid: 0, gid: 0 },
+            (0, 0),
+            Some(5000),
+        )
+        .unwrap();
+        assert_eq!(m.host_uid(0), Some(5000));
+    }
+
+    #[test]
+    fn subid_lines_match_by_name_or_uid() {
+        let text = "alice:100000:65536\n1001:200000:1000\nbob:x:y\n";
+        assert_eq!(parse_subid(text, "alice", 1000), Some((100000, 65536)));
+        assert_eq!(parse_subid(text, "carol", 1001), Some((200000, 1000)));
+        assert_eq!(parse_subid(text, "bob", 7), None);
+    }
 }

@@ -11,6 +11,7 @@ mod child;
 pub mod diagnose;
 pub mod idmap;
 mod init;
+pub mod masks;
 mod mounts;
 pub mod plan;
 pub mod seccomp;
@@ -19,5 +20,6 @@ pub mod spec;
 mod sys;
 pub mod user;
 
+pub use spawn::{run, Outcome, RunError, Stdio, Termination};
 
 pub use spec::{parse_size, BindMount, Network, SandboxSpec, TmpfsMount};

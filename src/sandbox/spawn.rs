@@ -1,1 +1,472 @@
-//! (being written)
+//! Parent side: clone the sandbox, write its id maps, place it in its cgroup, release it, then
+//! wait for it while forwarding signals and enforcing the timeout; clean up whatever happens.
+//!
+//! Must run in a process that may fork safely: a single-threaded one (the CLI), or the helper
+//! that [`crate::helper`] starts for multithreaded callers.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::SigSet;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::cgroup::{self, CgroupError, Enforcement};
+use super::child::{self, ChildFds, Report, Stage, REPORT_SIZE};
+use super::diagnose::{self, HostFacts};
+use super::init::FORWARDED;
+use super::plan::{new_run_id, Plan, PlanError};
+use super::spec::SandboxSpec;
+use super::sys;
+
+/// Why a run could not produce an outcome. [`RunError::exit_code`] follows Docker.
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
+    #[error("{0}")]
+    Clone(String),
+    #[error("{0}")]
+    Idmap(#[from] super::idmap::IdmapError),
+    #[error("sandbox setup failed: {what}: {err}{}", hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    Setup {
+        what: String,
+        err: nix::errno::Errno,
+        hint: Option<String>,
+    },
+    #[error("exec: {cmd:?}: executable file not found in $PATH ({path})")]
+    NotFound { cmd: String, path: String },
+    #[error("exec: {cmd:?}: no such file or directory")]
+    NoSuchFile { cmd: String },
+    #[error("exec: {cmd:?}: {err}")]
+    NotExecutable { cmd: String, err: nix::errno::Errno },
+    #[error("{what}: {err}")]
+    Sys {
+        what: &'static str,
+        err: nix::errno::Errno,
+    },
+    #[error("the sandbox's pid 1 exited before starting the tool (status {0})")]
+    Vanished(i32),
+}
+
+impl RunError {
+    /// Docker's convention: 127 command not found, 126 not executable, 125 our own failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::NotFound { .. } | RunError::NoSuchFile { .. } => 127,
+            RunError::NotExecutable { .. } => 126,
+            _ => 125,
+        }
+    }
+}
+
+/// How the tool ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "value")]
+pub enum Termination {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub run_id: String,
+    pub termination: Termination,
+    /// The timeout fired (the tool got SIGTERM, then SIGKILL if it did not stop).
+    pub timed_out: bool,
+    /// The memory limit was hit and the kernel's OOM killer ended a process of the run.
+    pub oom_killed: bool,
+    /// The caller went away (helper mode) and the run was killed.
+    pub cancelled: bool,
+    /// From clone to the tool's exec.
+    pub setup_time: Duration,
+    /// From clone to the end of pid 1.
+    pub wall_time: Duration,
+    /// User + system CPU time of every process of the run.
+    pub cpu_time: Duration,
+    /// Peak memory: the cgroup's when there is one, else the largest process's RSS.
+    pub peak_memory: Option<u64>,
+    /// Limits that could not be enforced on this host, one phrase each.
+    pub unenforced: Vec<String>,
+}
+
+impl Outcome {
+    /// The exit status Docker would give: 124 for a timeout (like timeout(1)), 128+N for signal N,
+    /// else the tool's own code.
+    pub fn exit_code(&self) -> i32 {
+        if self.timed_out {
+            return 124;
+        }
+        match self.termination {
+            Termination::Exited(c) => c,
+            Termination::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+/// Where the tool's stdin, stdout and stderr come from. `None` inherits ours (stdin: `/dev/null`
+/// unless the spec asks for it).
+#[derive(Debug, Default)]
+pub struct Stdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+fn sys_err(what: &'static str) -> impl Fn(nix::errno::Errno) -> RunError {
+    move |err| RunError::Sys { what, err }
+}
+
+/// Kills and reaps the child if the parent bails out between clone and the end of the run.
+struct ChildGuard(Option<libc::pid_t>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::waitpid(pid, 0);
+        }
+    }
+}
+
+/// Restores the signal mask when the run is over.
+struct MaskGuard(libc::sigset_t);
+
+impl Drop for MaskGuard {
+    fn drop(&mut self) {
+        sys::sigmask(libc::SIG_SETMASK, &self.0);
+    }
+}
+
+/// Runs `spec` to completion. `cancel`, when given, is watched: if it becomes readable or hangs
+/// up, the run is killed (the helper passes the pipe from its caller).
+///
+/// ```no_run
+/// use nsrun::sandbox::{run, SandboxSpec, Stdio};
+/// let spec = SandboxSpec::new("/srv/busybox", ["echo", "hello"]);
+/// let outcome = run(&spec, Stdio::default(), None).expect("sandbox");
+/// assert_eq!(outcome.exit_code(), 0);
+/// ```
+pub fn run(
+    spec: &SandboxSpec,
+    stdio: Stdio,
+    cancel: Option<BorrowedFd>,
+) -> Result<Outcome, RunError> {
+    let run_id = new_run_id();
+    let plan = Plan::build(spec, &run_id)?;
+    let enforcement = cgroup::setup(&spec.limits, &run_id)?;
+    let (rlimits, unenforced) = match &enforcement {
+        Enforcement::Rlimits {
+            rlimits,
+            unenforced,
+        } => (rlimits.clone(), unenforced.clone()),
+        _ => (Vec::new(), Vec::new()),
+    };
+
+    let devnull;
+    let stdin_fd: RawFd = match (&stdio.stdin, spec.stdin) {
+        (Some(fd), _) => fd.as_raw_fd(),
+        (None, true) => 0,
+        (None, false) => {
+            devnull = std::fs::File::open("/dev/null").map_err(|e| RunError::Sys {
+                what: "open /dev/null",
+                err: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })?;
+            devnull.as_raw_fd()
+        }
+    };
+    let raw = |fd: &Option<OwnedFd>, default: RawFd| fd.as_ref().map_or(default, |f| f.as_raw_fd());
+    let (sync_r, sync_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
+    let (report_r, report_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
+    let fds = ChildFds {
+        sync_r: sync_r.as_raw_fd(),
+        sync_w: sync_w.as_raw_fd(),
+        report_r: report_r.as_raw_fd(),
+        report_w: report_w.as_raw_fd(),
+        stdio: [stdin_fd, raw(&stdio.stdout, 1), raw(&stdio.stderr, 2)],
+    };
+
+    // Blocked here, inherited blocked by pid 1, which collects them with sigwaitinfo; we read
+    // ours from a signalfd and pass them on.
+    let mut blocked = FORWARDED.to_vec();
+    blocked.push(libc::SIGCHLD);
+    let _mask = MaskGuard(sys::sigmask(libc::SIG_BLOCK, &sys::sigset(&blocked)));
+
+    let started = Instant::now();
+    let pid = match sys::clone_process(plan.clone_flags) {
+        Ok(0) => child::main(&plan, &fds, &rlimits),
+        Ok(pid) => pid,
+        Err(e) => {
+            return Err(RunError::Clone(diagnose::clone_failure(
+                e,
+                &HostFacts::probe(),
+            )))
+        }
+    };
+    let mut guard = ChildGuard(Some(pid));
+    drop(sync_r);
+    drop(report_w);
+
+    plan.idmap.write(pid)?;
+    if let Enforcement::Cgroup(cg) = &enforcement {
+        cg.add_pid(pid)?;
+    }
+    sys::write_all(sync_w.as_raw_fd(), &[1]).map_err(|e| RunError::Sys {
+        what: "release the sandbox",
+        err: nix::errno::Errno::from_raw(e),
+    })?;
+    // `sync_w` stays open until the run ends: the child watches it to notice our death.
+
+    let mut waiter = Waiter::new(pid, report_r, cancel, spec, started)?;
+    let events = waiter.wait()?;
+    let (status, usage) = sys::wait4(pid).map_err(|e| RunError::Sys {
+        what: "wait4",
+        err: nix::errno::Errno::from_raw(e),
+    })?;
+    guard.0 = None;
+    drop(sync_w);
+    let wall_time = started.elapsed();
+
+    let mut stats = None;
+    if let Enforcement::Cgroup(cg) = enforcement {
+        cg.kill_all();
+        stats = Some(cg.stats());
+        cg.remove()?;
+    }
+
+    if let Some(Report::Failed { stage, errno }) = events.failure {
+        return Err(setup_error(&plan, stage, errno));
+    }
+    let Some(setup_time) = events.started else {
+        if events.timed_out || events.cancelled {
+            // Killed while still setting up: report it as what it is, not as a setup failure.
+            return Ok(Outcome {
+                run_id,
+                termination: Termination::Signaled(libc::SIGKILL),
+                timed_out: events.timed_out,
+                oom_killed: false,
+                cancelled: events.cancelled,
+                setup_time: wall_time,
+                wall_time,
+                cpu_time: cpu_time(&usage),
+                peak_memory: None,
+                unenforced,
+            });
+        }
+        return Err(RunError::Vanished(status));
+    };
+    let termination = events.termination.unwrap_or(if libc::WIFSIGNALED(status) {
+        // pid 1 was killed (timeout, cancel, OOM) before it could report the tool's end.
+        Termination::Signaled(libc::WTERMSIG(status))
+    } else {
+        Termination::Exited(libc::WEXITSTATUS(status))
+    });
+    let oom_killed = stats.as_ref().is_some_and(|s| s.oom_killed);
+    Ok(Outcome {
+        run_id,
+        termination,
+        timed_out: events.timed_out,
+        oom_killed,
+        cancelled: events.cancelled,
+        setup_time,
+        wall_time,
+        cpu_time: stats
+            .as_ref()
+            .and_then(|s| s.cpu_time)
+            .unwrap_or_else(|| cpu_time(&usage)),
+        peak_memory: stats
+            .and_then(|s| s.peak_memory)
+            .or(Some(usage.ru_maxrss as u64 * 1024)),
+        unenforced,
+    })
+}
+
+fn cpu_time(usage: &libc::rusage) -> Duration {
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn setup_error(plan: &Plan, stage: Stage, errno: i32) -> RunError {
+    let err = nix::errno::Errno::from_raw(errno);
+    if let Stage::Exec(i) = stage {
+        let cmd = plan.exec.argv0.clone();
+        return match (errno, plan.exec.candidates.len() > 1 || !cmd.contains('/')) {
+            (libc::ENOENT, true) => RunError::NotFound {
+                cmd,
+                path: plan.exec.search_path.clone(),
+            },
+            (libc::ENOENT, false) => RunError::NoSuchFile { cmd },
+            _ => RunError::NotExecutable {
+                cmd: plan
+                    .exec
+                    .candidates
+                    .get(i)
+                    .map_or(cmd, |c| c.to_string_lossy().into_owned()),
+                err,
+            },
+        };
+    }
+    let what = stage.describe(plan);
+    let hint = diagnose::setup_hint(&what, errno, &HostFacts::probe());
+    RunError::Setup { what, err, hint }
+}
+
+/// What the wait loop saw.
+#[derive(Debug, Default)]
+struct Events {
+    started: Option<Duration>,
+    failure: Option<Report>,
+    termination: Option<Termination>,
+    timed_out: bool,
+    cancelled: bool,
+}
+
+/// The parent's wait loop: pid 1's exit, its reports, our signals, the timeout and the cancel fd.
+struct Waiter<'a> {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    report: Option<OwnedFd>,
+    signals: SignalFd,
+    cancel: Option<BorrowedFd<'a>>,
+    deadline: Option<Instant>,
+    stop_timeout: Duration,
+    started: Instant,
+    events: Events,
+}
+
+impl<'a> Waiter<'a> {
+    fn new(
+        pid: libc::pid_t,
+        report: OwnedFd,
+        cancel: Option<BorrowedFd<'a>>,
+        spec: &SandboxSpec,
+        started: Instant,
+    ) -> Result<Self, RunError> {
+        let pidfd = sys::pidfd_open(pid).map_err(|e| RunError::Sys {
+            what: "pidfd_open",
+            err: nix::errno::Errno::from_raw(e),
+        })?;
+        let mut set = SigSet::empty();
+        for s in FORWARDED {
+            set.add(nix::sys::signal::Signal::try_from(s).expect("valid signal"));
+        }
+        let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(sys_err("signalfd"))?;
+        Ok(Waiter {
+            pid,
+            pidfd,
+            report: Some(report),
+            signals,
+            cancel,
+            deadline: spec.timeout.map(|t| started + t),
+            stop_timeout: spec.stop_timeout,
+            started,
+            events: Events::default(),
+        })
+    }
+
+    fn wait(&mut self) -> Result<Events, RunError> {
+        loop {
+            let timeout = match self.deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
+                        .unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = vec![
+                PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Some(r) = &self.report {
+                fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(c) = self.cancel {
+                fds.push(PollFd::new(c, PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    return Err(RunError::Sys {
+                        what: "poll",
+                        err: e,
+                    })
+                }
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            let exited = ready(&fds[0]);
+            let signalled = ready(&fds[1]);
+            let report_ready = self.report.is_some() && ready(&fds[2]);
+            let cancelled = self.cancel.is_some() && ready(fds.last().expect("cancel fd"));
+            drop(fds);
+
+            if report_ready || exited {
+                self.read_reports();
+            }
+            if exited {
+                // Reports written just before exit are in the pipe already.
+                self.read_reports();
+                return Ok(std::mem::take(&mut self.events));
+            }
+            if signalled {
+                while let Ok(Some(info)) = self.signals.read_signal() {
+                    let _ = sys::kill(self.pid, info.ssi_signo as i32);
+                }
+            }
+            if cancelled && !self.events.cancelled {
+                self.events.cancelled = true;
+                let _ = sys::kill(self.pid, libc::SIGKILL);
+            }
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                if self.events.timed_out {
+                    // Grace is over: killing pid 1 kills the whole pid namespace.
+                    let _ = sys::kill(self.pid, libc::SIGKILL);
+                    self.deadline = None;
+                } else {
+                    self.events.timed_out = true;
+                    let _ = sys::kill(self.pid, libc::SIGTERM);
+                    self.deadline = Some(Instant::now() + self.stop_timeout);
+                }
+            }
+        }
+    }
+
+    fn read_reports(&mut self) {
+        let Some(fd) = &self.report else { return };
+        let mut buf = [0u8; REPORT_SIZE];
+        // The pipe is drained only when poll says it is readable or pid 1 is gone, so these
+        // reads do not block for long: pid 1 writes whole records or exits.
+        let mut poll_fd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        while poll(&mut poll_fd, PollTimeout::ZERO).unwrap_or(0) > 0 {
+            match sys::read_full(fd.as_raw_fd(), &mut buf) {
+                Ok(REPORT_SIZE) => match Report::decode(&buf) {
+                    Some(Report::Started { .. }) => {
+                        self.events.started = Some(self.started.elapsed())
+                    }
+                    Some(Report::Exited { code }) => {
+                        self.events.termination = Some(Termination::Exited(code))
+                    }
+                    Some(Report::Signaled { signal }) => {
+                        self.events.termination = Some(Termination::Signaled(signal))
+                    }
+                    Some(failure @ Report::Failed { .. }) => self.events.failure = Some(failure),
+                    None => {}
+                },
+                _ => {
+                    self.report = None;
+                    return;
+                }
+            }
+        }
+    }
+}

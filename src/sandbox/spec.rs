@@ -128,20 +128,36 @@ impl std::str::FromStr for BindMount {
         let (source, target, mode) = match parts.as_slice() {
             [src, dst] => (*src, *dst, "rw"),
             [src, dst, mode] => (*src, *dst, *mode),
-            _ => return Err(format!("invalid volume {s:?}: expected HOST:CONTAINER[:ro|rw]")),
+            _ => {
+                return Err(format!(
+                    "invalid volume {s:?}: expected HOST:CONTAINER[:ro|rw]"
+                ))
+            }
         };
         let read_only = match mode {
             "ro" => true,
             "rw" => false,
-            other => return Err(format!("invalid volume mode {other:?} in {s:?}: expected ro or rw")),
+            other => {
+                return Err(format!(
+                    "invalid volume mode {other:?} in {s:?}: expected ro or rw"
+                ))
+            }
         };
         if !source.starts_with('/') {
-            return Err(format!("invalid volume {s:?}: host path {source:?} must be absolute"));
+            return Err(format!(
+                "invalid volume {s:?}: host path {source:?} must be absolute"
+            ));
         }
         if !target.starts_with('/') {
-            return Err(format!("invalid volume {s:?}: container path {target:?} must be absolute"));
+            return Err(format!(
+                "invalid volume {s:?}: container path {target:?} must be absolute"
+            ));
         }
-        Ok(BindMount { source: source.into(), target: target.into(), read_only })
+        Ok(BindMount {
+            source: source.into(),
+            target: target.into(),
+            read_only,
+        })
     }
 }
 
@@ -167,7 +183,9 @@ impl std::str::FromStr for TmpfsMount {
     fn from_str(s: &str) -> Result<Self, String> {
         let (target, opts) = s.split_once(':').unwrap_or((s, ""));
         if !target.starts_with('/') {
-            return Err(format!("invalid tmpfs {s:?}: path {target:?} must be absolute"));
+            return Err(format!(
+                "invalid tmpfs {s:?}: path {target:?} must be absolute"
+            ));
         }
         let mut size = DEFAULT_TMP_SIZE;
         for opt in opts.split(',').filter(|o| !o.is_empty()) {
@@ -177,7 +195,10 @@ impl std::str::FromStr for TmpfsMount {
             }
             size = parse_size(value).map_err(|e| format!("invalid tmpfs {s:?}: {e}"))?;
         }
-        Ok(TmpfsMount { target: target.into(), size })
+        Ok(TmpfsMount {
+            target: target.into(),
+            size,
+        })
     }
 }
 
@@ -199,7 +220,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some(b't') => (&t[..t.len() - 1], 40),
         _ => (t, 0),
     };
-    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}: expected e.g. 64m, 1g, 4096"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 64m, 1g, 4096"))?;
     if !(n.is_finite() && n >= 0.0) {
         return Err(format!("invalid size {s:?}: must be a non-negative number"));
     }
@@ -223,7 +246,9 @@ impl std::str::FromStr for Network {
         match s {
             "none" => Ok(Network::None),
             "host" => Ok(Network::Host),
-            other => Err(format!("unsupported network mode {other:?}: expected none or host")),
+            other => Err(format!(
+                "unsupported network mode {other:?}: expected none or host"
+            )),
         }
     }
 }

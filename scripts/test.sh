@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Runs nsrun's whole test suite on a fresh Debian/Ubuntu machine, as root AND as an unprivileged
+# user: installs what the tests need, creates the user, builds the busybox rootfs, starts the test
+# registries, builds, runs every test twice, and stops what it started.
+#
+#   sudo scripts/test.sh            # everything
+#   sudo scripts/test.sh --quick    # skip fmt/clippy
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+quick=false
+[[ ${1:-} == --quick ]] && quick=true
+
+log() { printf '\n== %s\n' "$*"; }
+die() { echo "test.sh: $*" >&2; exit 1; }
+[[ $(id -u) == 0 ]] || die "run as root (it installs packages and runs the suite as root and as a user)"
+
+# --- packages ------------------------------------------------------------------------------------
+pkgs=(busybox-static libseccomp-dev pkg-config uidmap docker-registry openssl apache2-utils gcc libc6-dev util-linux procps)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || die "cargo not found (install Rust with rustup)"
+
+# --- the unprivileged user -----------------------------------------------------------------------
+user=nsrun-test
+id "$user" >/dev/null 2>&1 || useradd -m "$user"
+# Subordinate ids, so the rootless run covers the newuidmap range mapping too.
+grep -q "^$user:" /etc/subuid || usermod --add-subuids 300000-365535 "$user"
+grep -q "^$user:" /etc/subgid || usermod --add-subgids 300000-365535 "$user"
+
+# --- fixtures ------------------------------------------------------------------------------------
+state=$(mktemp -d /tmp/nsrun-test.XXXXXX)
+chmod 755 "$state"
+started_registry=false
+cleanup() {
+  if $started_registry; then scripts/registry.sh stop "$state" || true; fi
+  rm -rf "$state"
+}
+trap cleanup EXIT
+
+log "building the busybox rootfs"
+scripts/mkrootfs-busybox.sh "$state/rootfs"
+export NSRUN_TEST_ROOTFS=$state/rootfs
+
+if [[ -x scripts/registry.sh ]]; then
+  log "starting test registries"
+  scripts/registry.sh start "$state"
+  started_registry=true
+  set -a
+  # shellcheck disable=SC1091
+  source "$state/registry.env"
+  set +a
+fi
+if [[ -x scripts/build-probe.sh ]]; then
+  scripts/build-probe.sh "$state/probe"
+  export NSRUN_TEST_PROBE=$state/probe
+fi
+
+# --- build ---------------------------------------------------------------------------------------
+if ! $quick; then
+  log "cargo fmt --check, clippy"
+  cargo fmt --all -- --check
+  cargo clippy --all-targets --quiet -- -D warnings
+fi
+log "building tests"
+cargo build --quiet --all-targets
+exes=$(cargo test --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])')
+[[ -n $exes ]] || die "no test executables were built"
+
+# --- as root -------------------------------------------------------------------------------------
+log "tests as root"
+export NSRUN_BIN=$repo/target/debug/nsrun
+cargo test --quiet --no-fail-fast 2>&1
+
+# --- as the unprivileged user --------------------------------------------------------------------
+# The checkout may sit in a directory the user cannot read: copy the binaries out.
+mkdir -p "$state/bin"
+cp target/debug/nsrun "$state/bin/"
+for exe in $exes; do cp "$exe" "$state/bin/"; done
+chmod -R a+rX "$state"
+log "tests as $user ($(id -u "$user"))"
+fail=0
+for exe in $exes; do
+  name=$(basename "$exe")
+  echo "-- $name (as $user)"
+  (cd "$state" && setpriv --reuid="$user" --regid="$user" --init-groups \
+    env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$(getent passwd "$user" | cut -d: -f6)" \
+    CI="${CI:-}" RUST_BACKTRACE=1 NSRUN_BIN="$state/bin/nsrun" NSRUN_TEST_ROOTFS="$NSRUN_TEST_ROOTFS" \
+    ${NSRUN_TEST_PROBE:+NSRUN_TEST_PROBE=$NSRUN_TEST_PROBE} \
+    $(env | grep -E '^NSRUN_TEST_REGISTRY' | tr '\n' ' ') \
+    "$state/bin/$name" --test-threads=2) || fail=1
+done
+((fail == 0)) || die "some tests failed as $user"
+log "all tests passed as root and as $user"

@@ -1,0 +1,293 @@
+//! `nsrun run [OPTIONS] (--rootfs DIR | IMAGE) [--] CMD [ARG…]`
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nsrun::sandbox::cgroup::Limits;
+use nsrun::sandbox::idmap::UsernsMode;
+use nsrun::sandbox::seccomp::SeccompSource;
+use nsrun::sandbox::{self, parse_size, BindMount, Network, SandboxSpec, Stdio, TmpfsMount};
+
+use super::Failure;
+
+/// Flags follow `docker run` where Docker has one.
+#[derive(Debug, clap::Args)]
+#[command(disable_help_flag = true)]
+pub struct RunArgs {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    /// Run on this root filesystem directory instead of an image.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// Set an environment variable (KEY=VALUE, or KEY to copy it from nsrun's environment).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file of KEY=VALUE lines.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User to run as: UID[:GID] or NAME[:GROUP] of the container's /etc/passwd.
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    pub user: Option<String>,
+    /// Keep stdin open and pass it to the tool (otherwise it reads /dev/null).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY (not supported yet: refused rather than ignored).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Container hostname (default: the first 12 digits of the run id).
+    #[arg(short = 'h', long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Bind mount HOST:CONTAINER[:ro|rw].
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:MODE]")]
+    pub volumes: Vec<String>,
+    /// Mount a tmpfs at PATH, capped at SIZE (default 64m).
+    #[arg(long, value_name = "PATH[:SIZE]")]
+    pub tmpfs: Vec<String>,
+    /// Size cap of the /tmp tmpfs.
+    #[arg(long, value_name = "SIZE", default_value = "64m")]
+    pub tmpfs_size: String,
+    /// Network: none (own namespace, loopback only) or host.
+    #[arg(long, alias = "net", value_name = "MODE", default_value = "none")]
+    pub network: String,
+    /// User namespace mapping: auto, single or subid.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub userns: String,
+    /// Host uid/gid that container root maps to when running as root.
+    #[arg(long, value_name = "ID", env = "NSRUN_UID_BASE")]
+    pub uid_base: Option<u32>,
+    /// Kill the run after SECONDS (SIGTERM, then SIGKILL after --stop-timeout); exit 124.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+    /// Seconds between SIGTERM and SIGKILL.
+    #[arg(long, value_name = "SECONDS", default_value = "2")]
+    pub stop_timeout: f64,
+    /// Memory limit (e.g. 256m).
+    #[arg(short = 'm', long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Memory + swap limit; -1 for unlimited swap.
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// Number of CPUs (e.g. 0.5).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<f64>,
+    /// Relative CPU weight (Docker's 2..262144, default 1024).
+    #[arg(short = 'c', long, value_name = "N")]
+    pub cpu_shares: Option<u64>,
+    /// Maximum number of processes.
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<u64>,
+    /// Add a capability (e.g. NET_RAW, or ALL).
+    #[arg(long, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability (e.g. CHOWN, or ALL).
+    #[arg(long, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// seccomp=FILE|unconfined, no-new-privileges (always on).
+    #[arg(long, value_name = "OPT")]
+    pub security_opt: Vec<String>,
+    /// Print peak memory and CPU time to stderr when the run ends.
+    #[arg(long)]
+    pub stats: bool,
+    /// Accepted for Docker compatibility: nothing of a run is ever kept.
+    #[arg(long)]
+    pub rm: bool,
+    /// Directory for nsrun's state and image cache (default: see README).
+    #[arg(long, value_name = "DIR", env = "NSRUN_ROOT")]
+    pub root: Option<PathBuf>,
+    /// The image to run (with --rootfs: the command).
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// The command and its arguments.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub args: Vec<String>,
+}
+
+/// Turns the flags into a spec. Every flag value is checked here, before anything is created.
+pub fn spec(a: &RunArgs) -> Result<SandboxSpec, Failure> {
+    if a.tty {
+        return Err(Failure::usage("--tty is not supported yet; run without -t"));
+    }
+    let Some(rootfs) = &a.rootfs else {
+        return Err(Failure::usage(
+            "no rootfs: pass --rootfs DIR (images arrive with `nsrun pull`)",
+        ));
+    };
+    // With --rootfs there is no image: the first positional is the command.
+    let args: Vec<String> = a.image.iter().chain(&a.args).cloned().collect();
+    let mut s = SandboxSpec::new(rootfs.clone(), args);
+    if s.args.is_empty() {
+        return Err(Failure::usage(
+            "no command given: nsrun run --rootfs DIR -- CMD [ARG...]",
+        ));
+    }
+    for file in &a.env_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Failure::usage(format!("--env-file {}: {e}", file.display())))?;
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            push_env(&mut s.env, line);
+        }
+    }
+    for e in &a.env {
+        push_env(&mut s.env, e);
+    }
+    s.cwd = a.workdir.clone();
+    s.user = a.user.clone();
+    s.stdin = a.interactive;
+    s.hostname = a.hostname.clone();
+    s.binds = a
+        .volumes
+        .iter()
+        .map(|v| v.parse::<BindMount>())
+        .collect::<Result<_, _>>()
+        .map_err(Failure::usage)?;
+    s.tmpfs = a
+        .tmpfs
+        .iter()
+        .map(|v| v.parse::<TmpfsMount>())
+        .collect::<Result<_, _>>()
+        .map_err(Failure::usage)?;
+    s.tmp_size =
+        parse_size(&a.tmpfs_size).map_err(|e| Failure::usage(format!("--tmpfs-size: {e}")))?;
+    s.network = a.network.parse::<Network>().map_err(Failure::usage)?;
+    s.userns = a.userns.parse::<UsernsMode>().map_err(Failure::usage)?;
+    s.root_id_base = a.uid_base;
+    s.timeout = a.timeout.map(|t| seconds("--timeout", t)).transpose()?;
+    s.stop_timeout = seconds("--stop-timeout", a.stop_timeout)?;
+    s.limits = limits(a)?;
+    s.cap_add = a.cap_add.clone();
+    s.cap_drop = a.cap_drop.clone();
+    for opt in &a.security_opt {
+        let (k, v) = opt.split_once(['=', ':']).unwrap_or((opt.as_str(), ""));
+        match (k, v) {
+            ("seccomp", "unconfined") => s.seccomp = SeccompSource::Unconfined,
+            ("seccomp", "") => {
+                return Err(Failure::usage(
+                    "--security-opt seccomp needs =FILE or =unconfined",
+                ))
+            }
+            ("seccomp", file) => s.seccomp = SeccompSource::File(file.into()),
+            ("no-new-privileges", "" | "true") => {}
+            ("no-new-privileges", "false") => {
+                return Err(Failure::usage(
+                    "--security-opt no-new-privileges=false: nsrun always sets no_new_privs",
+                ))
+            }
+            _ => {
+                return Err(Failure::usage(format!(
+                    "unsupported --security-opt {opt:?}"
+                )))
+            }
+        }
+    }
+    s.state_dir = Some(a.root.clone().unwrap_or_else(default_state_dir));
+    Ok(s)
+}
+
+/// Where nsrun keeps its state when no `--root` is given: `NSRUN_ROOT`'s default.
+fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/nsrun");
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("nsrun")
+}
+
+fn push_env(env: &mut Vec<String>, item: &str) {
+    if item.contains('=') {
+        env.push(item.to_string());
+    } else if let Ok(v) = std::env::var(item) {
+        // Docker's `-e KEY`: pass nsrun's own value through, or nothing if unset.
+        env.push(format!("{item}={v}"));
+    }
+}
+
+fn seconds(flag: &str, v: f64) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero() || flag == "--stop-timeout")
+        .ok_or_else(|| Failure::usage(format!("{flag} {v}: expected a positive number of seconds")))
+}
+
+fn limits(a: &RunArgs) -> Result<Limits, Failure> {
+    let size = |flag: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|v| parse_size(v).map_err(|e| Failure::usage(format!("{flag}: {e}"))))
+            .transpose()
+    };
+    let memory_swap = match a.memory_swap.as_deref() {
+        Some("-1") => Some(-1),
+        other => size("--memory-swap", &other.map(String::from))?.map(|v| v as i64),
+    };
+    if let Some(c) = a.cpus {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(Failure::usage(format!(
+                "--cpus {c}: expected a positive number"
+            )));
+        }
+    }
+    Ok(Limits {
+        memory: size("--memory", &a.memory)?,
+        memory_swap,
+        cpus: a.cpus,
+        cpu_shares: a.cpu_shares,
+        pids: a.pids_limit,
+    })
+}
+
+/// `nsrun run`: returns the exit status nsrun should leave with.
+pub fn main(a: RunArgs) -> Result<i32, Failure> {
+    let spec = spec(&a)?;
+    let outcome = sandbox::run(&spec, Stdio::default(), None).map_err(|e| Failure {
+        code: e.exit_code(),
+        message: e.to_string(),
+    })?;
+    if !outcome.unenforced.is_empty() {
+        eprintln!(
+            "nsrun: warning: limits not enforced on this host: {}",
+            outcome.unenforced.join("; ")
+        );
+    }
+    if outcome.timed_out {
+        let t = spec.timeout.unwrap_or_default().as_secs_f64();
+        eprintln!(
+            "nsrun: timed out after {t}s: sent SIGTERM, then SIGKILL to every process of the run"
+        );
+    }
+    if outcome.oom_killed {
+        eprintln!(
+            "nsrun: out of memory: the kernel's OOM killer ended the tool (--memory {})",
+            a.memory.as_deref().unwrap_or("limit")
+        );
+    }
+    if a.stats {
+        eprintln!(
+            "nsrun: stats: setup {:.1} ms, wall {:.1} ms, cpu {:.1} ms, peak memory {}",
+            outcome.setup_time.as_secs_f64() * 1e3,
+            outcome.wall_time.as_secs_f64() * 1e3,
+            outcome.cpu_time.as_secs_f64() * 1e3,
+            outcome.peak_memory.map_or_else(
+                || "unknown".to_string(),
+                |b| format!("{:.1} MiB", b as f64 / 1048576.0)
+            ),
+        );
+    }
+    if outcome.oom_killed {
+        return Ok(137);
+    }
+    Ok(outcome.exit_code())
+}

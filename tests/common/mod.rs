@@ -1,0 +1,156 @@
+//! Shared helpers for the integration tests: where the binary and the test rootfs are, and a
+//! way to run `nsrun` and look at what it did.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The `nsrun` binary under test (`NSRUN_BIN` overrides: CI copies binaries for the rootless run).
+pub fn nsrun_bin() -> PathBuf {
+    std::env::var_os("NSRUN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_nsrun").into())
+}
+
+/// Whether we run in CI, where a missing fixture is a failure, never a skip.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+}
+
+/// The busybox rootfs: `NSRUN_TEST_ROOTFS`, else built once under target/ with
+/// scripts/mkrootfs-busybox.sh (needs Debian's busybox-static).
+pub fn rootfs() -> PathBuf {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("NSRUN_TEST_ROOTFS") {
+                return PathBuf::from(p);
+            }
+            assert!(
+                !in_ci(),
+                "CI must set NSRUN_TEST_ROOTFS (scripts/test.sh builds it)"
+            );
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let dir = manifest.join("target/test-rootfs/busybox");
+            // Test binaries run in parallel: build under a lock, into a fresh name, then rename.
+            let lock =
+                std::fs::File::create(manifest.join("target/test-rootfs.lock")).expect("lock file");
+            nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+                .map(|guard| {
+                    if !dir.join("bin/busybox").exists() {
+                        let st = Command::new(manifest.join("scripts/mkrootfs-busybox.sh"))
+                            .arg(&dir)
+                            .status()
+                            .expect("mkrootfs");
+                        assert!(
+                            st.success(),
+                            "scripts/mkrootfs-busybox.sh failed (apt-get install busybox-static)"
+                        );
+                    }
+                    drop(guard);
+                })
+                .map_err(|(_, e)| e)
+                .expect("flock");
+            dir
+        })
+        .clone()
+}
+
+/// `nsrun run --rootfs ROOTFS <flags> -- <cmd>`.
+pub fn nsrun(flags: &[&str], cmd: &[&str]) -> Command {
+    let mut c = Command::new(nsrun_bin());
+    c.arg("run")
+        .arg("--rootfs")
+        .arg(rootfs())
+        .args(flags)
+        .arg("--")
+        .args(cmd);
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Runs and collects; panics only if nsrun could not be started.
+pub fn run(flags: &[&str], cmd: &[&str]) -> Output {
+    nsrun(flags, cmd).output().expect("start nsrun")
+}
+
+/// `sh -c SCRIPT` in the sandbox.
+pub fn sh(flags: &[&str], script: &str) -> Output {
+    run(flags, &["/bin/sh", "-c", script])
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts the exit code, showing both streams on failure.
+#[track_caller]
+pub fn assert_code(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Host uid that container root maps to for this caller (see `nsrun::sandbox::idmap`).
+pub fn expected_host_root() -> u32 {
+    if is_root() {
+        nsrun::sandbox::idmap::DEFAULT_ROOT_ID_BASE
+    } else {
+        nix::unistd::geteuid().as_raw()
+    }
+}
+
+/// Pids of processes whose command line contains `token`.
+pub fn pids_with(token: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(token)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A string unique to this test process and call, passed as `$0` of a shell so that the
+/// processes of a run can be found by their command line.
+pub fn token(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("nsrun-test-{tag}-{}-{n}", std::process::id())
+}

@@ -1,0 +1,80 @@
+//! Nothing of a run stays behind. In a file of its own: the counts below are of this whole test
+//! process, so no other test may run beside it.
+
+mod common;
+use common::*;
+
+use std::time::Duration;
+
+/// What a run could leak on the host, as seen from this process.
+#[derive(Debug, PartialEq)]
+struct HostState {
+    mounts: usize,
+    fds: usize,
+    children: usize,
+    tmp: Vec<String>,
+}
+
+fn host_state() -> HostState {
+    let me = std::process::id().to_string();
+    let children = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .and_then(|r| r.split_whitespace().nth(1).map(|p| p == me))
+                })
+                .unwrap_or(false)
+        })
+        .count();
+    let mut tmp: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .collect();
+    tmp.sort();
+    HostState {
+        mounts: std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .count(),
+        fds: std::fs::read_dir("/proc/self/fd").unwrap().count(),
+        children,
+        tmp,
+    }
+}
+
+#[test]
+fn two_hundred_sequential_runs_leave_nothing_behind() {
+    use nsrun::helper::Helper;
+    use nsrun::sandbox::SandboxSpec;
+    let helper = Helper::new(nsrun_bin());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let spec = |i: usize| {
+        let mut s = SandboxSpec::new(rootfs(), ["/bin/sh", "-c", "echo $0", &i.to_string()]);
+        s.tmpfs.push("/scratch:1m".parse().unwrap());
+        s
+    };
+    // One run first, so that lazily created process-wide state (tokio's reaper pipe) exists.
+    rt.block_on(helper.run(&spec(0), None)).unwrap();
+    let before = host_state();
+    for i in 1..=200 {
+        let out = rt.block_on(helper.run(&spec(i), None)).unwrap();
+        assert_eq!(
+            out.stdout,
+            format!("{i}\n").as_bytes(),
+            "run {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.outcome.exit_code(), 0);
+    }
+    // Give the runtime a moment to reap the last helper.
+    let settled = wait_until(Duration::from_secs(5), || host_state() == before);
+    assert!(settled, "before: {before:?}\nafter: {:?}", host_state());
+}
