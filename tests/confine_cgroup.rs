@@ -512,3 +512,30 @@ fn rlimit_data_caps_private_memory() {
     );
     assert_eq!(mmap_under_rlimits(&l, 4 << 20), 0, "4 MiB fits");
 }
+
+#[test]
+fn dropping_a_cgroup_with_processes_inside_leaves_nothing() {
+    if !is_root() {
+        return;
+    }
+    if let Err(why) = host_has_v1() {
+        return skip_or_fail(&why);
+    }
+    let limits = Limits {
+        pids: Some(10),
+        ..Default::default()
+    };
+    let cg = cgroup(setup(&limits, &run_id("drop")).unwrap());
+    let paths: Vec<_> = cg.paths().map(Path::to_path_buf).collect();
+    let mut child = gated_shell("sleep 30");
+    cg.add_pid(child.id() as i32).unwrap();
+    release(&mut child);
+    // An error path: the cgroup goes out of scope with the tool still running in it.
+    drop(cg);
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    for p in &paths {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+}

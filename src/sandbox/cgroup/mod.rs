@@ -542,14 +542,13 @@ impl RunCgroup {
 }
 
 impl Drop for RunCgroup {
+    /// Best effort on error paths: a run that failed half-way may still have processes inside,
+    /// which would keep the directories busy, so they are killed first.
     fn drop(&mut self) {
         if !self.removed {
+            self.kill_all();
             for (_, dir) in &self.dirs {
-                let _ = if self.emulated {
-                    std::fs::remove_dir_all(dir)
-                } else {
-                    std::fs::remove_dir(dir)
-                };
+                let _ = remove_dir(dir, self.emulated);
             }
         }
     }
