@@ -56,6 +56,13 @@ fn v2_fake_tree_limits_stats_kill_remove() {
     let dir = root.join("user.slice/app/nsrun/run1");
     assert!(cg.is_v2());
     assert_eq!(cg.v2_dir(), Some(dir.as_path()));
+    let fd = cg.v2_dir_fd().unwrap().unwrap();
+    let fd_path = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .unwrap();
+    assert_eq!(fd_path, dir);
     assert_eq!(
         read(root.join("user.slice/app/nsrun/cgroup.subtree_control")),
         "memory cpu pids"
@@ -213,6 +220,7 @@ fn v1_fake_tree_limits_and_stats() {
         };
         let cg = cgroup(setup_at(root, &proc_text, &limits, "r1").unwrap().0);
         assert!(!cg.is_v2());
+        assert!(cg.v2_dir_fd().is_none());
         let mem = root.join("memory/job/42/nsrun/r1");
         let cpu = if comount {
             root.join("cpu,cpuacct/nsrun/r1")

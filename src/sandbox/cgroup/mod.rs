@@ -32,6 +32,7 @@
 mod v1;
 mod v2;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -479,6 +480,24 @@ impl RunCgroup {
     /// The v2 directory, for `clone3(CLONE_INTO_CGROUP)` (open it with `O_PATH|O_DIRECTORY`).
     pub fn v2_dir(&self) -> Option<&Path> {
         (self.kind == Kind::V2).then(|| self.dirs[0].1.as_path())
+    }
+
+    /// An `O_PATH|O_DIRECTORY` descriptor of the v2 directory, the `cgroup` argument of
+    /// `clone3(CLONE_INTO_CGROUP)`: the child then starts inside its cgroup, and the kernel takes
+    /// the cgroup lock only for reading (no RCU grace period, unlike a `cgroup.procs` write).
+    /// `None` for v1.
+    pub fn v2_dir_fd(&self) -> Option<Result<std::os::fd::OwnedFd, CgroupError>> {
+        let dir = self.v2_dir()?;
+        let res = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(dir)
+            .map(std::os::fd::OwnedFd::from)
+            .map_err(|source| CgroupError::Read {
+                path: dir.into(),
+                source,
+            });
+        Some(res)
     }
 
     /// Whether this is a v2 (unified) cgroup.
