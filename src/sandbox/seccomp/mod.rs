@@ -37,7 +37,7 @@ use super::caps::CapSet;
 pub const DEFAULT_PROFILE: &str = include_str!("../../../profiles/default.json");
 
 /// Bumped whenever the way a profile becomes BPF changes, so old cache entries are not reused.
-const CACHE_FORMAT: &str = "nsrun-seccomp-bpf-v1";
+const CACHE_FORMAT: &str = "nsrun-seccomp-bpf-v2";
 /// The kernel refuses longer programs (BPF_MAXINSNS).
 const MAX_INSNS: usize = 4096;
 
@@ -283,10 +283,7 @@ fn build(r: &Resolved) -> Result<Filter, SeccompError> {
     f.seek(SeekFrom::Start(0))
         .and_then(|_| f.read_to_end(&mut bytes))
         .map_err(SeccompError::Export)?;
-    if bytes.len() / 8 > MAX_INSNS {
-        return Err(SeccompError::TooLong(bytes.len() / 8));
-    }
-    Filter::from_bytes(&bytes).ok_or_else(|| {
+    let program = Filter::from_bytes(&bytes).ok_or_else(|| {
         SeccompError::Export(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!(
@@ -294,7 +291,103 @@ fn build(r: &Resolved) -> Result<Filter, SeccompError> {
                 bytes.len()
             ),
         ))
+    })?;
+    let mut insns = enosys_stub(r);
+    insns.extend_from_slice(&program.insns);
+    if insns.len() > MAX_INSNS {
+        return Err(SeccompError::TooLong(insns.len()));
+    }
+    Ok(Filter { insns })
+}
+
+/// `AUDIT_ARCH_…` of the architectures the ENOSYS stub knows; `seccomp_data.arch` holds it.
+fn audit_arch(arch: &str) -> Option<u32> {
+    Some(match arch {
+        "SCMP_ARCH_X86_64" => 0xC000_003E,
+        "SCMP_ARCH_X86" => 0x4000_0003,
+        "SCMP_ARCH_AARCH64" => 0xC000_00B7,
+        "SCMP_ARCH_ARM" => 0x4000_0028,
+        "SCMP_ARCH_PPC64LE" => 0xC000_0015,
+        "SCMP_ARCH_S390X" => 0x8000_0016,
+        "SCMP_ARCH_RISCV64" => 0xC000_00F3,
+        _ => return None,
     })
+}
+
+/// x32 syscalls arrive under AUDIT_ARCH_X86_64 with this bit set; libseccomp filters them.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+fn insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// A prologue that answers ENOSYS to syscall numbers above every call the profile names, per
+/// architecture, then falls through to libseccomp's program (as runc does).
+///
+/// A syscall newer than the profile is then "not implemented", which programs handle with a
+/// fallback (glibc and Go probe new calls that way), instead of the default EPERM, which they
+/// take as a real refusal. Nothing allowed changes: every rule's call is at or below the maximum.
+/// Skipped when the default action allows.
+fn enosys_stub(r: &Resolved) -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JGT_K: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+    const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+    const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    if matches!(r.default_action, Action::Allow | Action::Log) {
+        return Vec::new();
+    }
+    let Ok(native) = native_arch() else {
+        return Vec::new();
+    };
+    // (audit arch, highest known syscall number, whether x32 shares the arch value)
+    let mut blocks: Vec<(u32, u32, bool)> = Vec::new();
+    for arch in std::iter::once(native).chain(r.arches.iter().map(String::as_str)) {
+        let (Some(audit), Ok(scmp)) = (audit_arch(arch), ScmpArch::from_str(arch)) else {
+            continue;
+        };
+        let max = r
+            .known_names
+            .iter()
+            .filter_map(|n| ScmpSyscall::from_name_by_arch(n, scmp).ok())
+            .map(ScmpSyscall::as_raw_syscall)
+            .filter(|nr| *nr >= 0)
+            .max();
+        if let Some(max) = max {
+            if !blocks.iter().any(|b| b.0 == audit) {
+                blocks.push((audit, max as u32, arch == "SCMP_ARCH_X86_64"));
+            }
+        }
+    }
+    if blocks.is_empty() {
+        return Vec::new();
+    }
+    let block_len = |x32: bool| if x32 { 4 } else { 3 };
+    let ja_main = 1 + blocks.iter().map(|b| block_len(b.2)).sum::<usize>();
+    let mut out = vec![insn(LD_W_ABS, 0, 0, 4)]; // seccomp_data.arch
+    for (audit, max, x32) in blocks {
+        let len = block_len(x32);
+        // Not this arch: on to the next block (the last one's "next" is the jump to the program).
+        out.push(insn(JEQ_K, 0, (len - 1) as u8, audit));
+        out.push(insn(LD_W_ABS, 0, 0, 0)); // seccomp_data.nr
+        if x32 {
+            let pc = out.len();
+            out.push(insn(JSET_K, (ja_main - pc - 1) as u8, 0, X32_SYSCALL_BIT));
+        }
+        let pc = out.len();
+        out.push(insn(
+            JGT_K,
+            (ja_main + 1 - pc - 1) as u8,
+            (ja_main - pc - 1) as u8,
+            max,
+        ));
+    }
+    debug_assert_eq!(out.len(), ja_main);
+    out.push(insn(JA, 0, 0, 1)); // over the return, into libseccomp's program
+    out.push(insn(RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
+    out
 }
 
 fn memfd() -> Result<OwnedFd, SeccompError> {

@@ -142,6 +142,9 @@ pub struct Resolved {
     /// `SCMP_ARCH_…` names the filter covers besides the native one.
     pub arches: Vec<String>,
     pub rules: Vec<Rule>,
+    /// Every syscall name the profile mentions, applied or not: calls newer than all of them are
+    /// answered ENOSYS rather than the default errno (see [`super::compile`]).
+    pub known_names: Vec<String>,
 }
 
 const EPERM: u32 = libc::EPERM as u32;
@@ -353,10 +356,18 @@ impl Profile {
                 conds,
             });
         }
+        let mut known_names: Vec<String> = self
+            .syscalls
+            .iter()
+            .flat_map(|r| r.names.iter().chain(r.name.iter()).cloned())
+            .collect();
+        known_names.sort();
+        known_names.dedup();
         Ok(Resolved {
             default_action,
             arches,
             rules,
+            known_names,
         })
     }
 }
