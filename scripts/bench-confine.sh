@@ -6,18 +6,19 @@
 # Reports medians. Target (issue 4): confined - bare <= 1 ms median.
 #
 #   scripts/bench-confine.sh [RUNS]      # as root (cgroups) or as a user (rlimit fallback)
+#   NSRUN_BIN=/path/to/nsrun scripts/bench-confine.sh   # a prebuilt binary (no cargo build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-100}
 for tool in hyperfine python3; do
   command -v "$tool" >/dev/null || { echo "bench-confine.sh: needs $tool (apt-get install hyperfine python3)" >&2; exit 1; }
 done
-cargo build --release --quiet
+if [[ -z ${NSRUN_BIN:-} ]]; then cargo build --release --quiet; fi
 work=$(mktemp -d /tmp/nsrun-bench-confine.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 chmod 755 "$work"
 scripts/mkrootfs-busybox.sh "$work/rootfs"
-nsrun=$(pwd)/target/release/nsrun
+nsrun=${NSRUN_BIN:-$(pwd)/target/release/nsrun}
 R=$work/rootfs
 S=$work/state
 limits="--memory 512m --pids-limit 1024 --cpus 1"
