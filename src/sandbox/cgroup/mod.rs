@@ -3,8 +3,8 @@
 //! A cgroup is a directory of text files, so this module is files, not a framework. For each run
 //! with limits, [`setup`] creates `<the cgroup nsrun runs in>/nsrun/<run-id>` — in the unified
 //! hierarchy when the cgroup we live in delegates the needed controllers (its
-//! `cgroup.subtree_control`), else in each v1 hierarchy that is needed (memory, cpu, pids, plus
-//! cpuacct for CPU time) — writes the limits, and hands back a [`RunCgroup`]. The parent writes
+//! `cgroup.subtree_control`), else in each v1 hierarchy that is needed (memory, cpu, pids; memory
+//! also without a memory limit, for peak usage) — writes the limits, and hands back a [`RunCgroup`]. The parent writes
 //! the child's pid into it before releasing the child, so the tool is inside before it execs.
 //! After the run, [`RunCgroup::stats`] says whether the OOM killer fired, the peak memory and the
 //! CPU time, and [`RunCgroup::remove`] deletes the directories.
@@ -531,17 +531,19 @@ impl RunCgroup {
         if self.emulated {
             return; // no processes behind a fake tree's pid list
         }
+        // Every process of the run is in every one of our hierarchies (the child joined them all
+        // before it could fork), so the first lists them all.
+        let Some((_, dir)) = self.dirs.first() else {
+            return;
+        };
         for _ in 0..100 {
-            let mut any = false;
-            for (_, dir) in &self.dirs {
-                for pid in read_pids(&dir.join("cgroup.procs")).unwrap_or_default() {
-                    any = true;
-                    // SAFETY: kill(2) with a pid read from our own cgroup; no memory involved.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-            if !any {
+            let pids = read_pids(&dir.join("cgroup.procs")).unwrap_or_default();
+            if pids.is_empty() {
                 return;
+            }
+            for pid in pids {
+                // SAFETY: kill(2) with a pid read from our own cgroup; no memory involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             std::thread::sleep(Duration::from_millis(2));
         }

@@ -9,8 +9,13 @@ use super::{
     RunCgroup,
 };
 
-/// The directory of the v1 hierarchy holding `controller`, and our path in it.
-fn hierarchy(fs_root: &Path, entries: &[Entry], controller: &str) -> Option<(PathBuf, PathBuf)> {
+/// The directory of the v1 hierarchy holding `controller`, our path in it, and every controller
+/// of that hierarchy (`cpu,cpuacct` when co-mounted).
+fn hierarchy(
+    fs_root: &Path,
+    entries: &[Entry],
+    controller: &str,
+) -> Option<(PathBuf, PathBuf, String)> {
     let entry = entries
         .iter()
         .find(|e| e.controllers.iter().any(|c| c == controller))?;
@@ -24,7 +29,7 @@ fn hierarchy(fs_root: &Path, entries: &[Entry], controller: &str) -> Option<(Pat
     // Resolve the symlink, so cpu and cpuacct are seen to be one directory.
     let mount = std::fs::canonicalize(&mount).unwrap_or(mount);
     let ours = mount.join(&entry.path);
-    Some((mount, ours))
+    Some((mount, ours, entry.controllers.join(",")))
 }
 
 /// Creates `<our cgroup>/nsrun/<run_id>` in each needed hierarchy, or says (inner `Err`) why v1
@@ -35,13 +40,14 @@ pub(super) fn try_create(
     limits: &Limits,
     run_id: &str,
 ) -> Result<Result<RunCgroup, String>, CgroupError> {
-    // (controller, required). memory and cpuacct are how peak usage, OOM kills and CPU time are
-    // read, so they are created when possible even without a limit of theirs.
+    // (controller, required). memory is also how peak usage and OOM kills are read, so it is
+    // created when possible even without a memory limit. CPU time comes from cpuacct only when it
+    // shares cpu's directory: otherwise the caller's wait4 rusage (which covers every process
+    // the sandbox's pid 1 reaped) says the same without a fourth cgroup to create and join.
     let wanted = [
         ("memory", limits.needs_memory()),
         ("cpu", limits.needs_cpu()),
         ("pids", limits.pids.is_some()),
-        ("cpuacct", false),
     ];
     let mut cg = RunCgroup {
         kind: Kind::V1,
@@ -52,7 +58,7 @@ pub(super) fn try_create(
     };
     let init = |dir: &Path| std::fs::write(dir.join("cgroup.procs"), "");
     for (controller, required) in wanted {
-        let Some((mount, ours)) = hierarchy(fs_root, entries, controller) else {
+        let Some((mount, ours, label)) = hierarchy(fs_root, entries, controller) else {
             if required {
                 return Ok(Err(format!(
                     "no v1 {controller} hierarchy under {}",
@@ -62,10 +68,8 @@ pub(super) fn try_create(
             continue;
         };
         let dir = ours.join("nsrun").join(run_id);
-        // cpu and cpuacct may share one hierarchy: one directory serves both.
-        if let Some(existing) = cg.dirs.iter_mut().find(|(_, d)| *d == dir) {
-            existing.0.push(',');
-            existing.0.push_str(controller);
+        // Two wanted controllers in one hierarchy: one directory serves both.
+        if cg.dirs.iter().any(|(_, d)| *d == dir) {
             continue;
         }
         let emulated = !is_cgroupfs(&mount);
@@ -73,7 +77,7 @@ pub(super) fn try_create(
         let created =
             mkdir(&ours.join("nsrun"), emulated, init).and_then(|_| mkdir(&dir, emulated, init));
         match created {
-            Ok(true) => cg.dirs.push((controller.to_string(), dir)),
+            Ok(true) => cg.dirs.push((label, dir)),
             Ok(false) => {
                 return Err(CgroupError::Create {
                     path: dir,
