@@ -165,7 +165,8 @@ pub fn run(
             rlimits,
             unenforced,
         } => (rlimits.clone(), unenforced.clone()),
-        _ => (Vec::new(), Vec::new()),
+        Enforcement::Cgroup(cg) => (Vec::new(), cg.unenforced().to_vec()),
+        Enforcement::None => (Vec::new(), Vec::new()),
     };
 
     let devnull;
@@ -212,14 +213,21 @@ pub fn run(
     drop(sync_r);
     drop(report_w);
 
+    // Two releases: the first once the id maps are written, so the child sets up its mounts
+    // while we attach it to its cgroup (the first write to a v1 cgroup.procs waits for an RCU
+    // grace period, milliseconds); the second once it is attached, before anything is forked.
     plan.idmap.write(pid)?;
+    let release = |what| {
+        sys::write_all(sync_w.as_raw_fd(), &[1]).map_err(|e| RunError::Sys {
+            what,
+            err: nix::errno::Errno::from_raw(e),
+        })
+    };
+    release("release the sandbox")?;
     if let Enforcement::Cgroup(cg) = &enforcement {
         cg.add_pid(pid)?;
     }
-    sys::write_all(sync_w.as_raw_fd(), &[1]).map_err(|e| RunError::Sys {
-        what: "release the sandbox",
-        err: nix::errno::Errno::from_raw(e),
-    })?;
+    release("release the sandbox into its cgroup")?;
     // `sync_w` stays open until the run ends: the child watches it to notice our death.
 
     let mut waiter = Waiter::new(pid, report_r, cancel, spec, started)?;
