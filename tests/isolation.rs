@@ -338,3 +338,26 @@ fn a_rootfs_that_folds_dev_onto_tmp_is_refused() {
         stderr(&o)
     );
 }
+
+#[test]
+fn even_cap_sys_admin_cannot_make_the_shared_rootfs_writable() {
+    let marker = format!("poison-{}", std::process::id());
+    let script =
+        format!("mount -o remount,rw /; mount -o remount,rw,bind /; touch /{marker}; echo $?");
+    for flags in [
+        &[][..],
+        &[
+            "--cap-add",
+            "SYS_ADMIN",
+            "--security-opt",
+            "seccomp=unconfined",
+        ],
+    ] {
+        let o = sh(flags, &script);
+        assert_eq!(stdout(&o), "1\n", "{flags:?}: {}", stderr(&o));
+        assert!(
+            !rootfs().join(&marker).exists(),
+            "{flags:?} wrote into the rootfs"
+        );
+    }
+}

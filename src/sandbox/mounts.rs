@@ -300,7 +300,8 @@ impl Resolved {
 }
 
 /// Plans the whole filesystem of a run on the rootfs layers of `spec` (topmost first).
-pub fn plan(spec: &SandboxSpec, cwd: &str) -> Result<Mounts, MountError> {
+/// `overlay_root` forces the root to be an overlay (read-only for good) even when a bind would do.
+pub fn plan(spec: &SandboxSpec, cwd: &str, overlay_root: bool) -> Result<Mounts, MountError> {
     let layers = &spec.rootfs;
     for l in layers {
         if !l.is_dir() {
@@ -372,7 +373,7 @@ pub fn plan(spec: &SandboxSpec, cwd: &str) -> Result<Mounts, MountError> {
     // A missing working directory is made (empty, read-only) in the skeleton, as Docker makes it.
     p.target(cwd, Kind::Dir)?;
 
-    p.base_and_root()?;
+    p.base_and_root(overlay_root)?;
     p.proc(&proc_t);
     p.dev(&dev_t)?;
     p.sys(&sys_t, spec.network);
@@ -457,7 +458,7 @@ impl Planner<'_> {
     }
 
     /// The base tmpfs, the first pivot, the skeleton and the read-only root.
-    fn base_and_root(&mut self) -> Result<(), MountError> {
+    fn base_and_root(&mut self, overlay_root: bool) -> Result<(), MountError> {
         self.push(
             mnt(
                 None,
@@ -509,7 +510,8 @@ impl Planner<'_> {
         for l in self.layers {
             lowers.push(self.source(l)?.into_string().expect("ASCII"));
         }
-        if !self.skeleton.is_empty() {
+        if !self.skeleton.is_empty() || (overlay_root && lowers.len() == 1) {
+            // An overlay needs two lower layers; an empty skeleton is the cheapest second one.
             self.push(
                 Op::Mkdir {
                     path: cstr("/skel")?,
@@ -980,7 +982,7 @@ mod tests {
         let mut spec = SandboxSpec::new(d.path(), ["/bin/true"]);
         spec.binds
             .push("/etc/hostname:/data/name:ro".parse().unwrap());
-        let steps = plan(&spec, "/").unwrap().steps;
+        let steps = plan(&spec, "/", false).unwrap().steps;
         let whats: Vec<&str> = steps.iter().map(|s| s.what.as_str()).collect();
         assert!(whats.contains(&"create mountpoint /run (missing from the rootfs)"));
         assert!(whats.contains(&"create mountpoint /data/name (missing from the rootfs)"));
@@ -995,13 +997,13 @@ mod tests {
 
         std::fs::create_dir(d.path().join("run")).unwrap();
         std::fs::create_dir_all(d.path().join("data/name")).unwrap();
-        let err = plan(&spec, "/").unwrap_err();
+        let err = plan(&spec, "/", false).unwrap_err();
         assert!(
             err.to_string().contains("cannot mount a file there"),
             "{err}"
         );
         spec.binds.clear();
-        let steps = plan(&spec, "/").unwrap().steps;
+        let steps = plan(&spec, "/", false).unwrap().steps;
         assert!(steps.iter().any(|s| s.what.starts_with("bind the rootfs")));
         assert!(!steps
             .iter()

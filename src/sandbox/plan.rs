@@ -108,8 +108,11 @@ impl Plan {
         if hostname.is_empty() || hostname.len() > 64 || hostname.contains('\0') {
             return Err(PlanError::BadHostname(hostname));
         }
-        let mounts = mounts::plan(spec, &cwd)?;
         let caps = CapSet::resolve(&spec.cap_add, &spec.cap_drop)?;
+        // With CAP_SYS_ADMIN the tool could remount a bound rootfs read-write and write into
+        // the cache other runs share; an overlay without an upper layer cannot be made writable.
+        let sys_admin = super::caps::cap_from_name("SYS_ADMIN").is_some_and(|c| caps.contains(c));
+        let mounts = mounts::plan(spec, &cwd, sys_admin)?;
         let seccomp = seccomp::compile(&spec.seccomp, caps, spec.state_dir.as_deref())?;
         let env = environment(&spec.env, &hostname, &ident)?;
         // Supplementary groups the namespace cannot express are left out (setgroups would fail).
