@@ -1,1 +1,296 @@
-//! `nsrun pull | images | inspect | rmi | gc` (being written).
+//! `nsrun pull | images | inspect | rmi | gc`, and the image flags `run` shares ([`ImageOpts`]).
+//!
+//! Every handler returns the exit status or a one-line [`Failure`] (125: nsrun's own error).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nsrun::registry::RegistryOptions;
+use nsrun::sandbox::idmap::Ownership;
+use nsrun::store::{self, PullOptions, PullPolicy, ResolvedImage, Store};
+use nsrun::unpack::Limits;
+
+use super::Failure;
+
+/// Image and registry flags, shared by `pull`, `images`, `inspect`, `rmi`, `gc` and `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImageOpts {
+    /// Directory for nsrun's image cache (default: see README).
+    #[arg(long, value_name = "DIR", env = "NSRUN_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Platform to pull from a multi-platform image (default: the host's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Reach this registry over plain HTTP when HTTPS fails, without verifying its certificate
+    /// (localhost and 127.0.0.0/8 get the HTTP fallback anyway).
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
+    /// Trust this PEM CA certificate for registries, besides the system roots.
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    pub registry_ca: Vec<PathBuf>,
+    /// Registry credentials (default: ~/.docker/config.json, else anonymous).
+    #[arg(
+        long,
+        value_name = "USER:PASS",
+        env = "NSRUN_CREDS",
+        hide_env_values = true
+    )]
+    pub creds: Option<String>,
+    /// When to pull: always, missing (default) or never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "missing")]
+    pub pull: PullPolicy,
+    /// Refuse images whose layers unpack to more than SIZE (default 16g).
+    #[arg(long, value_name = "SIZE")]
+    pub max_image_bytes: Option<String>,
+    /// Refuse images with more than N files in their layers (default 1000000).
+    #[arg(long, value_name = "N")]
+    pub max_image_entries: Option<u64>,
+    /// Give up on a registry response that sends nothing for SECONDS (it is retried first).
+    #[arg(long, value_name = "SECONDS", default_value = "30")]
+    pub registry_timeout: f64,
+}
+
+fn fail(e: impl std::fmt::Display) -> Failure {
+    Failure {
+        code: 125,
+        message: e.to_string(),
+    }
+}
+
+impl ImageOpts {
+    /// The cache these flags name.
+    pub fn store(&self) -> Result<Store, Failure> {
+        let root = self.root.clone().unwrap_or_else(Store::default_root);
+        Store::open(&root).map_err(fail)
+    }
+
+    /// Pull options for files owned per `ownership` (see [`store::default_ownership`]).
+    pub fn pull_options(&self, ownership: Ownership) -> Result<PullOptions, Failure> {
+        let mut limits = Limits::default();
+        if let Some(s) = &self.max_image_bytes {
+            limits.max_bytes = nsrun::sandbox::parse_size(s)
+                .map_err(|e| Failure::usage(format!("--max-image-bytes: {e}")))?;
+        }
+        if let Some(n) = self.max_image_entries {
+            limits.max_entries = n;
+        }
+        if !(self.registry_timeout.is_finite() && self.registry_timeout > 0.0) {
+            return Err(Failure::usage(
+                "--registry-timeout must be a positive number of seconds",
+            ));
+        }
+        if let Some(p) = &self.platform {
+            nsrun::registry::manifest::Platform::parse(p)
+                .map_err(|e| Failure::usage(e.to_string()))?;
+        }
+        Ok(PullOptions {
+            platform: self.platform.clone(),
+            ownership,
+            registry: RegistryOptions {
+                insecure: self.insecure_registry.clone(),
+                ca_files: self.registry_ca.clone(),
+                creds: self.creds.clone(),
+                read_timeout: Duration::from_secs_f64(self.registry_timeout),
+                ..Default::default()
+            },
+            limits,
+            progress: true,
+        })
+    }
+
+    /// `lookup` without a runtime; a runtime only when the policy says to pull.
+    #[allow(dead_code)] // for `run IMAGE`, which the sandbox side wires
+    pub fn ensure_image(
+        &self,
+        reference: &str,
+        ownership: Ownership,
+    ) -> Result<ResolvedImage, Failure> {
+        let s = self.store()?;
+        let opts = self.pull_options(ownership)?;
+        if self.pull != PullPolicy::Always {
+            if let Some(img) = s.lookup(reference, &opts).map_err(fail)? {
+                return Ok(img);
+            }
+            if self.pull == PullPolicy::Never {
+                return Err(fail(store::StoreError::NotFound(reference.to_string())));
+            }
+        }
+        block_on(s.pull(reference, &opts)).map_err(fail)
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+        .block_on(f)
+}
+
+/// `nsrun pull IMAGE`
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    pub image: ImageOpts,
+    /// No progress display; print only the digest.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Image reference, oci:DIR[:TAG] or docker-archive:FILE.
+    #[arg(value_name = "IMAGE")]
+    pub reference: String,
+}
+
+pub fn pull(a: PullArgs) -> Result<i32, Failure> {
+    let s = a.image.store()?;
+    let mut opts = a.image.pull_options(store::default_ownership())?;
+    opts.progress = !a.quiet;
+    let img = block_on(s.pull(&a.reference, &opts)).map_err(fail)?;
+    if a.quiet {
+        println!("{}", img.digest);
+    } else {
+        println!("{}: {}", img.reference, img.digest);
+        if !std::io::stdout().is_terminal() {
+            return Ok(0);
+        }
+        println!("  rootfs {}", img.rootfs[0].display());
+    }
+    Ok(0)
+}
+
+/// `nsrun images`
+#[derive(Debug, clap::Args)]
+pub struct ImagesArgs {
+    /// Directory for nsrun's image cache (default: see README).
+    #[arg(long, value_name = "DIR", env = "NSRUN_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Print JSON (one array) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Print only digests.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+fn open(root: &Option<PathBuf>) -> Result<Store, Failure> {
+    Store::open(&root.clone().unwrap_or_else(Store::default_root)).map_err(fail)
+}
+
+pub fn images(a: ImagesArgs) -> Result<i32, Failure> {
+    let list = open(&a.root)?.list().map_err(fail)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&list).map_err(fail)?);
+        return Ok(0);
+    }
+    if a.quiet {
+        for i in &list {
+            println!("{}", i.digest);
+        }
+        return Ok(0);
+    }
+    println!(
+        "{:<60} {:<19} {:>9} {:<20} OWNERSHIP",
+        "REFERENCE", "DIGEST", "SIZE", "CREATED"
+    );
+    for i in list {
+        let refs = if i.refs.is_empty() {
+            vec!["<none>".to_string()]
+        } else {
+            i.refs.clone()
+        };
+        for r in refs {
+            println!(
+                "{:<60} {:<19} {:>9} {:<20} {}",
+                r,
+                i.digest.chars().take(19).collect::<String>(),
+                human(i.size),
+                i.created
+                    .as_deref()
+                    .unwrap_or("-")
+                    .chars()
+                    .take(19)
+                    .collect::<String>(),
+                i.ownership
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < U.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", U[i])
+    }
+}
+
+/// `nsrun inspect IMAGE`
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub image: ImageOpts,
+    #[arg(value_name = "IMAGE")]
+    pub reference: String,
+}
+
+pub fn inspect(a: InspectArgs) -> Result<i32, Failure> {
+    let s = a.image.store()?;
+    let opts = a.image.pull_options(store::default_ownership())?;
+    let j = s.inspect(&a.reference, &opts).map_err(fail)?;
+    println!("{}", serde_json::to_string_pretty(&j).map_err(fail)?);
+    Ok(0)
+}
+
+/// `nsrun rmi IMAGE…`
+#[derive(Debug, clap::Args)]
+pub struct RmiArgs {
+    #[command(flatten)]
+    pub image: ImageOpts,
+    /// References, or manifest digests (sha256:…).
+    #[arg(value_name = "IMAGE", required = true)]
+    pub references: Vec<String>,
+}
+
+pub fn rmi(a: RmiArgs) -> Result<i32, Failure> {
+    let s = a.image.store()?;
+    let opts = a.image.pull_options(store::default_ownership())?;
+    for r in &a.references {
+        let removed = s.remove(r, &opts).map_err(fail)?;
+        println!("Untagged: {r}");
+        for e in removed {
+            println!("Deleted: {e}");
+        }
+    }
+    Ok(0)
+}
+
+/// `nsrun gc` (the image cache part)
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {
+    /// Directory for nsrun's image cache (default: see README).
+    #[arg(long, value_name = "DIR", env = "NSRUN_ROOT")]
+    pub root: Option<PathBuf>,
+}
+
+pub fn gc(a: GcArgs) -> Result<i32, Failure> {
+    let r = open(&a.root)?.gc().map_err(fail)?;
+    for e in &r.entries {
+        println!("removed unreferenced image {e}");
+    }
+    for e in &r.broken {
+        println!("removed incomplete image {e}");
+    }
+    for e in &r.staging {
+        println!("removed stale pull {e}");
+    }
+    Ok(0)
+}

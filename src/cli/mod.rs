@@ -33,14 +33,26 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a command in a new sandbox.
     Run(run::RunArgs),
+    /// Pull an image into the cache.
+    Pull(image::PullArgs),
+    /// List cached images.
+    Images(image::ImagesArgs),
+    /// Show a cached image's manifest, config and cache entry as JSON.
+    Inspect(image::InspectArgs),
+    /// Remove cached images.
+    Rmi(image::RmiArgs),
+    /// Remove unreferenced images and what interrupted pulls left.
+    Gc(image::GcArgs),
 }
 
 /// Subcommand names, so that `nsrun IMAGE -- CMD` can be told from `nsrun SUBCOMMAND`.
-const SUBCOMMANDS: &[&str] = &["run", "help"];
+const SUBCOMMANDS: &[&str] = &["run", "help", "pull", "images", "inspect", "rmi", "gc"];
 
 /// Parses `args` (including argv[0]) and runs the command; returns the exit status.
 pub fn main(mut args: Vec<String>) -> i32 {
@@ -61,6 +73,11 @@ pub fn main(mut args: Vec<String>) -> i32 {
     };
     let result = match cli.command {
         Command::Run(a) => run::main(a),
+        Command::Pull(a) => image::pull(a),
+        Command::Images(a) => image::images(a),
+        Command::Inspect(a) => image::inspect(a),
+        Command::Rmi(a) => image::rmi(a),
+        Command::Gc(a) => image::gc(a),
     };
     match result {
         Ok(code) => code,

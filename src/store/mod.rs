@@ -1,1 +1,1041 @@
-//! (being written)
+//! The image cache: verified, immutable root filesystems keyed by manifest digest and ownership.
+//!
+//! Layout under one root directory:
+//! ```text
+//! images/<manifest-hex>-<ownership>/   one installed image (immutable once renamed into place)
+//!     rootfs/                          the flattened root filesystem
+//!     manifest.json  config.json       as pulled, verified
+//!     entry.json                       written last: its presence marks the entry complete
+//! refs.json                            "<reference>|<platform>" -> manifest digest (temp + rename)
+//! locks/<key>.lock                     flock per entry: one pull installs, the others wait and reuse
+//! staging/<key>.<pid>.<nanos>/         a pull in progress (blobs/ + rootfs/), renamed into images/
+//! trash/                               entries being deleted (renamed here first, so they vanish at once)
+//! ```
+//!
+//! ```no_run
+//! use nsrun::store::{PullOptions, PullPolicy, Store};
+//! # async fn f() -> Result<(), nsrun::store::StoreError> {
+//! let store = Store::open(&Store::default_root())?;
+//! let opts = PullOptions::default(); // host platform, ownership for the current user
+//! // Sync and network-free when cached: what `nsrun run IMAGE` does first.
+//! if store.lookup("alpine:3.19", &opts)?.is_none() {
+//!     let img = store.ensure_image("alpine:3.19", PullPolicy::Missing, &opts).await?;
+//!     println!("{} {} at {}", img.reference, img.digest, img.rootfs[0].display());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! **Flattened, not overlaid.** Each image is unpacked into one directory (layers applied in
+//! order, whiteouts resolved at unpack time), so the sandbox needs one read-only bind mount and
+//! no overlayfs — which, unprivileged, needs kernel ≥ 5.11, and whose whiteouts are device nodes
+//! or trusted xattrs we cannot create rootless. The cost is disk: two images sharing a base layer
+//! store it twice. The measured figures are in `rootfs-cache/README.md`.
+//!
+//! **Crash safety.** Nothing is visible until the rename of a complete staging directory; a pull
+//! killed at any point leaves only a staging directory, removed by the next pull of the same entry
+//! (it holds the entry lock, so no one else can be using it) or by `gc`.
+
+mod local;
+pub mod progress;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::reference::{ReferenceError, Source};
+use crate::registry::digest::{sha256_hex, FinishError, Verifier, VerifyingReader};
+pub use crate::registry::manifest::ImageConfig;
+use crate::registry::manifest::{self, Document, ImageManifest, ManifestError, Platform};
+use crate::registry::{RegistryClient, RegistryError, RegistryOptions};
+use crate::sandbox::idmap::Ownership;
+use crate::unpack::{self, Limits, UnpackError, Unpacker};
+use local::LayerFile;
+
+/// The first host id of the range container ids map to when nsrun runs as root.
+pub const ROOT_ID_BASE: u32 = 1_000_000_000;
+
+/// Why a cache operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{reference}: {source}")]
+    Manifest {
+        reference: String,
+        source: ManifestError,
+    },
+    #[error("{reference}: layer {layer}: {source}")]
+    Unpack {
+        reference: String,
+        layer: String,
+        source: UnpackError,
+    },
+    #[error("{reference}: layer {layer}: {source}")]
+    Verify {
+        reference: String,
+        layer: String,
+        source: FinishError,
+    },
+    #[error("{source_ref}: {why}")]
+    Source { source_ref: String, why: String },
+    #[error("image {0} is not in the cache (pull it, or use --pull missing)")]
+    NotFound(String),
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: nix::Error },
+    #[error("{path} is not valid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("pull task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    fn io(path: &Path, op: &'static str, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    }
+}
+
+/// When to contact the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Always resolve the reference again (a cached image of the same digest is reused).
+    Always,
+    /// Pull only when the cache has no image for the reference.
+    #[default]
+    Missing,
+    /// Never pull; fail when the image is not cached.
+    Never,
+}
+
+/// How to pull and unpack.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// `os/arch[/variant]`; `None` means the host's.
+    pub platform: Option<String>,
+    /// Who owns the unpacked files (part of the cache key).
+    pub ownership: Ownership,
+    pub registry: RegistryOptions,
+    pub limits: Limits,
+    /// Per-layer progress on stderr when it is a terminal.
+    pub progress: bool,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            platform: None,
+            ownership: default_ownership(),
+            registry: RegistryOptions::default(),
+            limits: Limits::default(),
+            progress: false,
+        }
+    }
+}
+
+impl PullOptions {
+    fn platform(&self) -> Result<Platform, StoreError> {
+        match &self.platform {
+            None => Ok(Platform::host()),
+            Some(p) => Platform::parse(p).map_err(|source| StoreError::Manifest {
+                reference: String::new(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Squash to the caller when unprivileged; shift into [`ROOT_ID_BASE`]..+65536 as root.
+pub fn default_ownership() -> Ownership {
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid == 0 {
+        Ownership::Shift {
+            uid_base: ROOT_ID_BASE,
+            gid_base: ROOT_ID_BASE,
+            size: 65536,
+        }
+    } else {
+        Ownership::Squash {
+            uid: euid,
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+}
+
+/// The part of the cache key that says who owns the files.
+pub fn ownership_key(o: &Ownership) -> String {
+    match *o {
+        Ownership::Squash { uid, gid } => format!("squash-{uid}-{gid}"),
+        Ownership::Shift {
+            uid_base,
+            gid_base,
+            size,
+        } if uid_base == gid_base && size == 65536 => format!("shift-{uid_base}"),
+        Ownership::Shift {
+            uid_base,
+            gid_base,
+            size,
+        } => format!("shift-{uid_base}-{gid_base}-{size}"),
+    }
+}
+
+/// An installed image, ready to run.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// Normalised reference, e.g. `docker.io/library/alpine:latest`.
+    pub reference: String,
+    /// Manifest digest (`sha256:…`) of the platform image.
+    pub digest: String,
+    /// Directories making up the root, topmost first (one: images are flattened).
+    pub rootfs: Vec<PathBuf>,
+    pub config: ImageConfig,
+    /// The cache entry directory.
+    pub entry: PathBuf,
+    /// Uncompressed size of the layers, in bytes.
+    pub size: u64,
+}
+
+/// What `entry.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntryMeta {
+    pub reference: String,
+    pub digest: String,
+    pub config_digest: String,
+    pub platform: String,
+    pub ownership: String,
+    pub size: u64,
+    pub layers: usize,
+    pub created: Option<String>,
+    pub installed: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Refs {
+    #[serde(default)]
+    refs: BTreeMap<String, RefEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RefEntry {
+    digest: String,
+    updated: u64,
+}
+
+/// One row of `nsrun images`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    pub refs: Vec<String>,
+    pub digest: String,
+    pub ownership: String,
+    pub size: u64,
+    pub created: Option<String>,
+    pub path: PathBuf,
+}
+
+/// What `gc` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    pub entries: Vec<String>,
+    pub staging: Vec<String>,
+    pub broken: Vec<String>,
+}
+
+/// The cache.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn ref_key(canonical: &str, platform: &Platform) -> String {
+    format!("{canonical}|{platform}")
+}
+
+impl Store {
+    /// Cache root: `NSRUN_ROOT`; else `./rootfs-cache` of the checkout when the binary runs from
+    /// one (it lives under `<checkout>/target/` and `<checkout>/rootfs-cache/README.md` exists); else
+    /// `$XDG_DATA_HOME/nsrun` (or `~/.local/share/nsrun`) for users and `/var/lib/nsrun` for root.
+    pub fn default_root() -> PathBuf {
+        if let Some(r) = std::env::var_os("NSRUN_ROOT").filter(|r| !r.is_empty()) {
+            return PathBuf::from(r);
+        }
+        if let Ok(exe) = std::env::current_exe() {
+            for dir in exe.ancestors() {
+                if dir.file_name() == Some(std::ffi::OsStr::new("target")) {
+                    if let Some(checkout) = dir.parent() {
+                        if checkout.join("rootfs-cache/README.md").is_file() {
+                            return checkout.join("rootfs-cache");
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        if nix::unistd::geteuid().is_root() {
+            return PathBuf::from("/var/lib/nsrun");
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+            return Path::new(&x).join("nsrun");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+        Path::new(&home).join(".local/share/nsrun")
+    }
+
+    /// Opens (creating if needed) the cache at `root`. A read-only cache can still be looked up.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        for sub in ["images", "staging", "locks", "trash"] {
+            let p = root.join(sub);
+            if let Err(e) = std::fs::create_dir_all(&p) {
+                if !p.is_dir() {
+                    return Err(StoreError::io(&p, "mkdir", e));
+                }
+            }
+        }
+        let tag = root.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            let _ = std::fs::write(
+                &tag,
+                "Signature: 8a477f597d28d172789f06886806bc55\n# nsrun image cache; see `nsrun gc`.\n",
+            );
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The cache root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn entry_dir(&self, key: &str) -> PathBuf {
+        self.root.join("images").join(key)
+    }
+
+    fn entry_key(digest: &str, ownership: &Ownership) -> Result<String, StoreError> {
+        let hex = sha256_hex(digest).map_err(|e| StoreError::Source {
+            source_ref: digest.to_string(),
+            why: e.to_string(),
+        })?;
+        Ok(format!("{hex}-{}", ownership_key(ownership)))
+    }
+
+    /// Resolves a reference to an installed, complete entry without any network access and
+    /// without an async runtime. `Ok(None)` when it is not cached (or the entry is broken, which
+    /// the next pull repairs).
+    pub fn lookup(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+    ) -> Result<Option<ResolvedImage>, StoreError> {
+        let source = Source::parse(reference)?;
+        let platform = opts.platform()?;
+        let canonical = source.canonical();
+        let digest = match &source {
+            Source::Registry(r) => {
+                let refs = self.read_refs()?;
+                match refs.refs.get(&ref_key(&canonical, &platform)) {
+                    Some(e) => Some(e.digest.clone()),
+                    None => r.digest.clone(),
+                }
+            }
+            // Local sources are re-resolved every time: cheap, and never stale.
+            Source::OciLayout { dir, tag } => {
+                Some(local::resolve_oci(dir, tag.as_deref(), &platform)?.manifest_digest)
+            }
+            Source::DockerArchive { file } => {
+                Some(local::resolve_docker_archive(file)?.manifest_digest)
+            }
+        };
+        let Some(digest) = digest else {
+            return Ok(None);
+        };
+        let key = Self::entry_key(&digest, &opts.ownership)?;
+        self.read_entry(&key, &canonical)
+    }
+
+    fn read_entry(&self, key: &str, reference: &str) -> Result<Option<ResolvedImage>, StoreError> {
+        let dir = self.entry_dir(key);
+        let meta_path = dir.join("entry.json");
+        let meta: EntryMeta = match std::fs::read(&meta_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| StoreError::Json {
+                path: meta_path.clone(),
+                source,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(&meta_path, "read", e)),
+        };
+        let rootfs = dir.join("rootfs");
+        if !rootfs.is_dir() {
+            return Ok(None);
+        }
+        let cfg_path = dir.join("config.json");
+        let cfg = std::fs::read(&cfg_path).map_err(|e| StoreError::io(&cfg_path, "read", e))?;
+        let config = ImageConfig::parse(&cfg).map_err(|source| StoreError::Manifest {
+            reference: reference.to_string(),
+            source,
+        })?;
+        Ok(Some(ResolvedImage {
+            reference: reference.to_string(),
+            digest: meta.digest,
+            rootfs: vec![rootfs],
+            config,
+            entry: dir,
+            size: meta.size,
+        }))
+    }
+
+    /// `lookup`, then pull according to `policy`.
+    pub async fn ensure_image(
+        &self,
+        reference: &str,
+        policy: PullPolicy,
+        opts: &PullOptions,
+    ) -> Result<ResolvedImage, StoreError> {
+        match policy {
+            PullPolicy::Always => self.pull(reference, opts).await,
+            PullPolicy::Missing => match self.lookup(reference, opts)? {
+                Some(img) => Ok(img),
+                None => self.pull(reference, opts).await,
+            },
+            PullPolicy::Never => self
+                .lookup(reference, opts)?
+                .ok_or_else(|| StoreError::NotFound(reference.to_string())),
+        }
+    }
+
+    /// Resolves `reference` at its source and installs it unless the same digest is installed.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+    ) -> Result<ResolvedImage, StoreError> {
+        let source = Source::parse(reference)?;
+        let platform = opts.platform()?;
+        let canonical = source.canonical();
+        let merr = |source| StoreError::Manifest {
+            reference: canonical.clone(),
+            source,
+        };
+        let plan = match &source {
+            Source::Registry(r) => {
+                let client = Arc::new(RegistryClient::new(r, &opts.registry)?);
+                let (bytes, digest) = client.fetch_manifest(None).await?;
+                let (bytes, digest, m) = match manifest::parse(&bytes, None).map_err(merr)? {
+                    Document::Image(m) => (bytes, digest, m),
+                    Document::Index(entries) => {
+                        let d = manifest::choose_platform(&entries, &platform).map_err(merr)?;
+                        let (b, dg) = client.fetch_manifest(Some(&d.digest)).await?;
+                        match manifest::parse(&b, None).map_err(merr)? {
+                            Document::Image(m) => (b, dg, m),
+                            Document::Index(_) => {
+                                return Err(StoreError::Source {
+                                    source_ref: canonical.clone(),
+                                    why: "index entry for the platform is itself an index".into(),
+                                })
+                            }
+                        }
+                    }
+                };
+                Plan {
+                    manifest_bytes: bytes,
+                    digest,
+                    manifest: m,
+                    fetch: Fetch::Registry(client),
+                }
+            }
+            Source::OciLayout { dir, tag } => {
+                let li = local::resolve_oci(dir, tag.as_deref(), &platform)?;
+                Plan::local(li)
+            }
+            Source::DockerArchive { file } => Plan::local(local::resolve_docker_archive(file)?),
+        };
+        self.install(&canonical, &platform, plan, opts).await
+    }
+
+    async fn lock(&self, key: &str) -> Result<Flock<File>, StoreError> {
+        let path = self.root.join("locks").join(format!("{key}.lock"));
+        tokio::task::spawn_blocking(move || lock_file(&path, true))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map(|l| l.expect("blocking lock always returns a lock"))
+    }
+
+    async fn install(
+        &self,
+        canonical: &str,
+        platform: &Platform,
+        plan: Plan,
+        opts: &PullOptions,
+    ) -> Result<ResolvedImage, StoreError> {
+        let key = Self::entry_key(&plan.digest, &opts.ownership)?;
+        let _lock = self.lock(&key).await?;
+        if let Some(img) = self.read_entry(&key, canonical)? {
+            self.record_ref(canonical, platform, &plan.digest)?;
+            return Ok(img);
+        }
+        // Whatever is here under our lock is debris: an entry without its marker, or staging
+        // directories of a pull that died.
+        let dir = self.entry_dir(&key);
+        if dir.symlink_metadata().is_ok() {
+            self.discard(&dir)?;
+        }
+        self.clean_staging(Some(&key))?;
+
+        let staging = self.root.join("staging").join(format!(
+            "{key}.{}.{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let guard = StagingGuard(Some(staging.clone()));
+        let rootfs = staging.join("rootfs");
+        let blobs = staging.join("blobs");
+        for d in [&staging, &rootfs, &blobs] {
+            std::fs::create_dir(d).map_err(|e| StoreError::io(d, "mkdir", e))?;
+        }
+        set_mode(&rootfs, 0o755)?;
+
+        let config_bytes = match &plan.fetch {
+            Fetch::Registry(c) => {
+                c.fetch_blob(&plan.manifest.config, manifest::MAX_CONFIG_BYTES)
+                    .await?
+            }
+            Fetch::Local { config, .. } => config.clone(),
+        };
+        let config = ImageConfig::parse(&config_bytes).map_err(|source| StoreError::Manifest {
+            reference: canonical.to_string(),
+            source,
+        })?;
+
+        let stats = self
+            .unpack_layers(canonical, &plan, &rootfs, &blobs, opts)
+            .await?;
+        std::fs::remove_dir(&blobs).map_err(|e| StoreError::io(&blobs, "rmdir", e))?;
+
+        write_file(&staging.join("manifest.json"), &plan.manifest_bytes)?;
+        write_file(&staging.join("config.json"), &config_bytes)?;
+        let meta = EntryMeta {
+            reference: canonical.to_string(),
+            digest: plan.digest.clone(),
+            config_digest: plan.manifest.config.digest.clone(),
+            platform: platform.to_string(),
+            ownership: ownership_key(&opts.ownership),
+            size: stats.bytes,
+            layers: plan.manifest.layers.len(),
+            created: config.created.clone(),
+            installed: now(),
+        };
+        let meta_bytes =
+            serde_json::to_vec_pretty(&meta).expect("serialising entry.json cannot fail");
+        write_file(&staging.join("entry.json"), &meta_bytes)?;
+        set_mode(&staging, 0o755)?;
+        std::fs::rename(&staging, &dir)
+            .map_err(|e| StoreError::io(&dir, "rename staging to", e))?;
+        guard.disarm();
+        self.record_ref(canonical, platform, &plan.digest)?;
+        Ok(ResolvedImage {
+            reference: canonical.to_string(),
+            digest: plan.digest,
+            rootfs: vec![dir.join("rootfs")],
+            config,
+            entry: dir,
+            size: stats.bytes,
+        })
+    }
+
+    /// Downloads layers in parallel while one blocking thread applies them in order.
+    async fn unpack_layers(
+        &self,
+        canonical: &str,
+        plan: &Plan,
+        rootfs: &Path,
+        blobs: &Path,
+        opts: &PullOptions,
+    ) -> Result<unpack::UnpackStats, StoreError> {
+        let n = plan.manifest.layers.len();
+        let layers_progress: Arc<Vec<progress::Layer>> = Arc::new(
+            plan.manifest
+                .layers
+                .iter()
+                .map(|l| progress::Layer {
+                    name: l.digest.chars().skip(7).take(12).collect(),
+                    total: l.size,
+                    done: Default::default(),
+                    state: Default::default(),
+                })
+                .collect(),
+        );
+        let _display = progress::Display::start(layers_progress.clone(), opts.progress);
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<LayerFile, StoreError>)>();
+        let mut downloads = tokio::task::JoinSet::new();
+        match &plan.fetch {
+            Fetch::Registry(client) => {
+                let sem = Arc::new(tokio::sync::Semaphore::new(
+                    opts.registry.max_concurrent_downloads.max(1),
+                ));
+                for (i, desc) in plan.manifest.layers.iter().cloned().enumerate() {
+                    let client = client.clone();
+                    let sem = sem.clone();
+                    let tx = tx.clone();
+                    let path = blobs.join(i.to_string());
+                    let prog = layers_progress.clone();
+                    downloads.spawn(async move {
+                        let _permit = sem.acquire_owned().await;
+                        prog[i]
+                            .state
+                            .store(progress::DOWNLOADING, Ordering::Relaxed);
+                        let r = client
+                            .download_blob(&desc, &path, &prog[i].done)
+                            .await
+                            .map(|()| LayerFile {
+                                path: path.clone(),
+                                offset: 0,
+                                len: desc.size,
+                                verify: false,
+                            })
+                            .map_err(StoreError::from);
+                        prog[i].state.store(progress::DOWNLOADED, Ordering::Relaxed);
+                        let _ = tx.send((i, r));
+                    });
+                }
+            }
+            Fetch::Local { layers, .. } => {
+                for (i, l) in layers.iter().cloned().enumerate() {
+                    let _ = tx.send((i, Ok(l)));
+                }
+            }
+        }
+        drop(tx);
+        let descs = plan.manifest.layers.clone();
+        let rootfs = rootfs.to_path_buf();
+        let ownership = opts.ownership;
+        let limits = opts.limits;
+        let canonical = canonical.to_string();
+        let prog = layers_progress.clone();
+        let result =
+            tokio::task::spawn_blocking(move || -> Result<unpack::UnpackStats, StoreError> {
+                let uerr = |layer: &str, source| StoreError::Unpack {
+                    reference: canonical.clone(),
+                    layer: layer.to_string(),
+                    source,
+                };
+                let mut unpacker =
+                    Unpacker::new(&rootfs, ownership, limits).map_err(|e| uerr("-", e))?;
+                let mut ready: HashMap<usize, Result<LayerFile, StoreError>> = HashMap::new();
+                for (i, desc) in descs.iter().enumerate().take(n) {
+                    let lf = loop {
+                        if let Some(r) = ready.remove(&i) {
+                            break r?;
+                        }
+                        match rx.recv() {
+                            Ok((j, r)) => {
+                                ready.insert(j, r);
+                            }
+                            Err(_) => {
+                                return Err(StoreError::Task("a layer download vanished".into()))
+                            }
+                        }
+                    };
+                    let reader = lf.open()?;
+                    if lf.verify {
+                        let v = Verifier::new(&desc.digest, Some(desc.size)).map_err(|e| {
+                            StoreError::Source {
+                                source_ref: canonical.clone(),
+                                why: e.to_string(),
+                            }
+                        })?;
+                        let mut vr = VerifyingReader::new(reader, v);
+                        let r = unpacker.apply_layer(&mut vr);
+                        if let Some(f) = vr.failure() {
+                            return Err(StoreError::Verify {
+                                reference: canonical.clone(),
+                                layer: desc.digest.clone(),
+                                source: FinishError::Digest(f.clone()),
+                            });
+                        }
+                        r.map_err(|e| uerr(&desc.digest, e))?;
+                        vr.finish().map_err(|source| StoreError::Verify {
+                            reference: canonical.clone(),
+                            layer: desc.digest.clone(),
+                            source,
+                        })?;
+                    } else {
+                        unpacker
+                            .apply_layer(reader)
+                            .map_err(|e| uerr(&desc.digest, e))?;
+                        // Downloaded into staging: free the space as soon as it is applied.
+                        let _ = std::fs::remove_file(&lf.path);
+                    }
+                    prog[i].state.store(progress::EXTRACTED, Ordering::Relaxed);
+                }
+                unpacker.finish().map_err(|e| uerr("-", e))
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        downloads.abort_all();
+        while downloads.join_next().await.is_some() {}
+        result
+    }
+
+    fn discard(&self, dir: &Path) -> Result<(), StoreError> {
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let trash =
+            self.root
+                .join("trash")
+                .join(format!("{name}.{}.{}", std::process::id(), now()));
+        std::fs::rename(dir, &trash).map_err(|e| StoreError::io(dir, "rename to trash", e))?;
+        unpack::remove_tree(&trash).map_err(|source| StoreError::Unpack {
+            reference: name,
+            layer: "-".into(),
+            source,
+        })
+    }
+
+    /// Removes staging directories nobody is working on (for `key` only, or all).
+    fn clean_staging(&self, key: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let staging = self.root.join("staging");
+        let mut removed = Vec::new();
+        let rd = match std::fs::read_dir(&staging) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+            Err(e) => return Err(StoreError::io(&staging, "readdir", e)),
+        };
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let entry_key = name.split('.').next().unwrap_or("").to_string();
+            if let Some(k) = key {
+                if entry_key != k {
+                    continue;
+                }
+            } else {
+                // Only stale if no pull holds the entry lock.
+                let lp = self.root.join("locks").join(format!("{entry_key}.lock"));
+                match lock_file(&lp, false)? {
+                    Some(_held) => {}
+                    None => continue,
+                }
+            }
+            unpack::remove_tree(&ent.path()).map_err(|source| StoreError::Unpack {
+                reference: name.clone(),
+                layer: "-".into(),
+                source,
+            })?;
+            removed.push(name);
+        }
+        Ok(removed)
+    }
+
+    fn read_refs(&self) -> Result<Refs, StoreError> {
+        let p = self.root.join("refs.json");
+        match std::fs::read(&p) {
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|source| StoreError::Json { path: p, source })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Refs::default()),
+            Err(e) => Err(StoreError::io(&p, "read", e)),
+        }
+    }
+
+    /// Read-modify-write of refs.json under its lock, replaced by rename.
+    fn update_refs(&self, f: impl FnOnce(&mut Refs)) -> Result<(), StoreError> {
+        let _lock = lock_file(&self.root.join("locks/refs.lock"), true)?;
+        let mut refs = self.read_refs()?;
+        f(&mut refs);
+        let p = self.root.join("refs.json");
+        let tmp = self.root.join(format!("refs.json.{}", std::process::id()));
+        write_file(
+            &tmp,
+            &serde_json::to_vec_pretty(&refs).expect("refs serialise"),
+        )?;
+        std::fs::rename(&tmp, &p).map_err(|e| StoreError::io(&p, "rename", e))
+    }
+
+    fn record_ref(
+        &self,
+        canonical: &str,
+        platform: &Platform,
+        digest: &str,
+    ) -> Result<(), StoreError> {
+        let key = ref_key(canonical, platform);
+        let refs = self.read_refs()?;
+        if refs.refs.get(&key).map(|e| e.digest.as_str()) == Some(digest) {
+            return Ok(());
+        }
+        self.update_refs(|r| {
+            r.refs.insert(
+                key,
+                RefEntry {
+                    digest: digest.to_string(),
+                    updated: now(),
+                },
+            );
+        })
+    }
+
+    fn entries(&self) -> Result<Vec<(String, Option<EntryMeta>)>, StoreError> {
+        let images = self.root.join("images");
+        let mut out = Vec::new();
+        let rd = match std::fs::read_dir(&images) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(StoreError::io(&images, "readdir", e)),
+        };
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let meta = std::fs::read(ent.path().join("entry.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<EntryMeta>(&b).ok());
+            out.push((name, meta));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Installed images with the references that point to them.
+    pub fn list(&self) -> Result<Vec<ImageInfo>, StoreError> {
+        let refs = self.read_refs()?;
+        let mut out = Vec::new();
+        for (name, meta) in self.entries()? {
+            let Some(meta) = meta else { continue };
+            let mut names: Vec<String> = refs
+                .refs
+                .iter()
+                .filter(|(_, e)| e.digest == meta.digest)
+                .map(|(k, _)| k.split('|').next().unwrap_or(k).to_string())
+                .collect();
+            names.dedup();
+            out.push(ImageInfo {
+                refs: names,
+                digest: meta.digest,
+                ownership: meta.ownership,
+                size: meta.size,
+                created: meta.created,
+                path: self.entry_dir(&name),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The cached image for `reference`, with its manifest and entry metadata, as JSON.
+    pub fn inspect(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+    ) -> Result<serde_json::Value, StoreError> {
+        let img = self
+            .lookup(reference, opts)?
+            .ok_or_else(|| StoreError::NotFound(reference.to_string()))?;
+        let read_json = |p: PathBuf| -> Result<serde_json::Value, StoreError> {
+            let b = std::fs::read(&p).map_err(|e| StoreError::io(&p, "read", e))?;
+            serde_json::from_slice(&b).map_err(|source| StoreError::Json { path: p, source })
+        };
+        Ok(serde_json::json!({
+            "reference": img.reference,
+            "digest": img.digest,
+            "rootfs": img.rootfs,
+            "size": img.size,
+            "entry": read_json(img.entry.join("entry.json"))?,
+            "manifest": read_json(img.entry.join("manifest.json"))?,
+            "config": read_json(img.entry.join("config.json"))?,
+        }))
+    }
+
+    /// Forgets `reference` (a reference or a manifest digest) and deletes the entries no other
+    /// reference uses. Returns the removed entry names.
+    pub fn remove(&self, reference: &str, opts: &PullOptions) -> Result<Vec<String>, StoreError> {
+        let digest = if reference.starts_with("sha256:") {
+            sha256_hex(reference).map_err(|e| StoreError::Source {
+                source_ref: reference.to_string(),
+                why: e.to_string(),
+            })?;
+            reference.to_string()
+        } else {
+            let canonical = Source::parse(reference)?.canonical();
+            let refs = self.read_refs()?;
+            let platform = opts.platform()?;
+            match refs.refs.get(&ref_key(&canonical, &platform)) {
+                Some(e) => e.digest.clone(),
+                None => match self.lookup(reference, opts)? {
+                    Some(img) => img.digest,
+                    None => return Err(StoreError::NotFound(reference.to_string())),
+                },
+            }
+        };
+        let canonical = if reference.starts_with("sha256:") {
+            None
+        } else {
+            Some(Source::parse(reference)?.canonical())
+        };
+        self.update_refs(|r| {
+            r.refs.retain(|k, e| match &canonical {
+                Some(c) => !(k.split('|').next() == Some(c.as_str()) && e.digest == digest),
+                None => e.digest != digest,
+            })
+        })?;
+        let still_used = self.read_refs()?.refs.values().any(|e| e.digest == digest);
+        let mut removed = Vec::new();
+        if !still_used {
+            let hex = sha256_hex(&digest).unwrap_or_default().to_string();
+            for (name, _) in self.entries()? {
+                if name.starts_with(&format!("{hex}-")) {
+                    let lock =
+                        lock_file(&self.root.join("locks").join(format!("{name}.lock")), false)?;
+                    if lock.is_none() {
+                        continue;
+                    }
+                    self.discard(&self.entry_dir(&name))?;
+                    removed.push(name);
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes entries no reference points to, broken entries, stale staging and trash.
+    pub fn gc(&self) -> Result<GcReport, StoreError> {
+        let mut report = GcReport::default();
+        let refs = self.read_refs()?;
+        for (name, meta) in self.entries()? {
+            let lock = lock_file(&self.root.join("locks").join(format!("{name}.lock")), false)?;
+            if lock.is_none() {
+                continue; // a pull is installing it right now
+            }
+            match meta {
+                None => {
+                    self.discard(&self.entry_dir(&name))?;
+                    report.broken.push(name);
+                }
+                Some(m) if !refs.refs.values().any(|e| e.digest == m.digest) => {
+                    self.discard(&self.entry_dir(&name))?;
+                    report.entries.push(name);
+                }
+                Some(_) => {}
+            }
+        }
+        report.staging = self.clean_staging(None)?;
+        let trash = self.root.join("trash");
+        if let Ok(rd) = std::fs::read_dir(&trash) {
+            for ent in rd.flatten() {
+                let _ = unpack::remove_tree(&ent.path());
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What a pull installs, wherever it comes from.
+struct Plan {
+    manifest_bytes: Vec<u8>,
+    digest: String,
+    manifest: ImageManifest,
+    fetch: Fetch,
+}
+
+enum Fetch {
+    Registry(Arc<RegistryClient>),
+    Local {
+        config: Vec<u8>,
+        layers: Vec<LayerFile>,
+    },
+}
+
+impl Plan {
+    fn local(li: local::LocalImage) -> Plan {
+        Plan {
+            manifest_bytes: li.manifest_bytes,
+            digest: li.manifest_digest,
+            manifest: li.manifest,
+            fetch: Fetch::Local {
+                config: li.config_bytes,
+                layers: li.layers,
+            },
+        }
+    }
+}
+
+/// Removes a staging directory unless the install completed.
+struct StagingGuard(Option<PathBuf>);
+
+impl StagingGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StagingGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = unpack::remove_tree(&p);
+        }
+    }
+}
+
+/// flock on `path` (created if missing). Non-blocking: `None` when someone else holds it.
+fn lock_file(path: &Path, block: bool) -> Result<Option<Flock<File>>, StoreError> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io(path, "open lock", e))?;
+    let arg = if block {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    match Flock::lock(f, arg) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !block => Ok(None),
+        Err((_, source)) => Err(StoreError::Lock {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn write_file(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let mut f = File::create(path).map_err(|e| StoreError::io(path, "create", e))?;
+    f.write_all(data)
+        .map_err(|e| StoreError::io(path, "write", e))?;
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| StoreError::io(path, "chmod", e))
+}

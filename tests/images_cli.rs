@@ -1,0 +1,238 @@
+//! The `nsrun pull | images | inspect | rmi | gc` commands as processes: 8 parallel pulls of one
+//! image download it once and all succeed; a SIGKILLed pull leaves nothing visible and the next
+//! pull succeeds; errors are one line with exit status 125.
+
+mod images_common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use images_common::*;
+
+fn nsrun(root: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nsrun"));
+    c.args(args)
+        .env("NSRUN_ROOT", root)
+        .env("DOCKER_CONFIG", "/nonexistent");
+    c
+}
+
+fn run(root: &Path, args: &[&str]) -> Output {
+    nsrun(root, args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn empty(p: &Path) -> bool {
+    std::fs::read_dir(p)
+        .map(|mut r| r.next().is_none())
+        .unwrap_or(true)
+}
+
+fn noise(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    for b in v.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    v
+}
+
+fn big_image(marker: &str) -> Image {
+    let mut t = Tar::new();
+    t.file("noise", &noise(8 << 20))
+        .file("hello", marker.as_bytes());
+    let tar = t.finish();
+    Image::new(
+        vec![(
+            gzip(&tar),
+            "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        )],
+        &[tar],
+        "amd64",
+        false,
+        &["/hello"],
+    )
+}
+
+#[test]
+fn eight_parallel_pulls_download_once() {
+    let reg = FakeRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let img = big_image("parallel");
+    reg.put_image("par", "v1", &img);
+    let r = format!("{}/par:v1", reg.addr);
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            nsrun(&root, &["pull", "-q", &r])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), img.digest());
+    }
+    assert_eq!(
+        reg.hits(&format!("/v2/par/blobs/{}", sha256(&img.layers[0].0))),
+        1
+    );
+    let o = run(&root, &["images", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), img.digest());
+    assert!(empty(&root.join("staging")));
+}
+
+#[test]
+fn sigkill_mid_pull_then_pull_again() {
+    let reg = FakeRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let img = big_image("survivor");
+    reg.put_image("kill", "v1", &img);
+    let blob = format!("/v2/kill/blobs/{}", sha256(&img.layers[0].0));
+    reg.fault(&blob, Fault::Stall(Duration::from_secs(120)));
+    let r = format!("{}/kill:v1", reg.addr);
+    let mut child = nsrun(&root, &["pull", "-q", &r])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (reg.hits(&blob) == 0 || empty(&root.join("staging"))) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(reg.hits(&blob) > 0, "the pull never reached the layer");
+    // Half the layer is on disk in staging now.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    assert!(empty(&root.join("images")), "a partial image is visible");
+    let o = run(&root, &["images", "-q"]);
+    assert!(o.status.success() && o.stdout.is_empty(), "{}", text(&o));
+
+    reg.faults.lock().unwrap().clear();
+    let o = run(&root, &["pull", "-q", &r]);
+    assert!(o.status.success(), "{}", text(&o));
+    let inspect = run(&root, &["inspect", &r]);
+    let j: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let rootfs = j["rootfs"][0].as_str().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(Path::new(rootfs).join("hello")).unwrap(),
+        "survivor"
+    );
+    assert!(
+        empty(&root.join("staging")),
+        "the dead pull's staging was not swept"
+    );
+}
+
+#[test]
+fn errors_are_one_line_with_status_125() {
+    let reg = FakeRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    for (args, needle) in [
+        (
+            vec!["pull".to_string(), "Not/Valid".to_string()],
+            "invalid image reference".to_string(),
+        ),
+        (
+            vec!["pull".into(), format!("{}/missing:v1", reg.addr)],
+            "not found".to_string(),
+        ),
+        (
+            vec![
+                "pull".into(),
+                "--platform".into(),
+                "linux".into(),
+                "busybox".into(),
+            ],
+            "invalid platform".to_string(),
+        ),
+        (
+            vec!["inspect".into(), "never-pulled".into()],
+            "not in the cache".to_string(),
+        ),
+        (
+            vec!["rmi".into(), "never-pulled".into()],
+            "not in the cache".to_string(),
+        ),
+        (
+            vec![
+                "pull".into(),
+                format!("oci:{}", tmp.path().join("nodir").display()),
+            ],
+            "oci-layout".to_string(),
+        ),
+    ] {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run(&root, &a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(125), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(&needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn images_inspect_rmi_gc() {
+    let reg = FakeRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let a = Image::simple("amd64", "a");
+    let b = Image::simple("amd64", "b");
+    reg.put_image("x/a", "v1", &a);
+    reg.put_image("x/b", "v1", &b);
+    let ra = format!("{}/x/a:v1", reg.addr);
+    let rb = format!("{}/x/b:v1", reg.addr);
+    for r in [&ra, &rb] {
+        let o = run(&root, &["pull", r]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let o = run(&root, &["images"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("REFERENCE") && out.contains(&ra) && out.contains(&rb),
+        "{out}"
+    );
+    let o = run(&root, &["images", "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j.as_array().unwrap().len(), 2);
+    let o = run(&root, &["inspect", &ra]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["digest"], a.digest());
+    assert_eq!(j["config"]["config"]["Cmd"][0], "/bin/tool");
+    let o = run(&root, &["rmi", &ra]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&root, &["images", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), b.digest());
+    // gc keeps referenced images and sweeps debris.
+    std::fs::create_dir_all(root.join("staging/abc-squash-1-1.99.1/rootfs")).unwrap();
+    let o = run(&root, &["gc"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("stale pull"),
+        "{}",
+        text(&o)
+    );
+    assert!(empty(&root.join("staging")));
+    let o = run(&root, &["images", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), b.digest());
+}
