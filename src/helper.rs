@@ -209,8 +209,9 @@ impl Helper {
     }
 }
 
-/// For a program that is its own helper: call first thing in `main`. In helper mode it runs
-/// the sandbox and exits; otherwise it returns at once.
+/// For a program that is its own helper: call first thing in `main`, before any thread starts
+/// (so in a plain `fn main`, not inside `#[tokio::main]`, which has started its workers by
+/// then). In helper mode it runs the sandbox and exits; otherwise it returns at once.
 pub fn run_if_helper() {
     if std::env::args_os().nth(1).is_some_and(|a| a == HELPER_ARG) {
         std::process::exit(helper_main());
@@ -220,8 +221,24 @@ pub fn run_if_helper() {
 /// The helper's side: read the spec from fd 3, run it (fd 3 closing cancels), answer on fd 3.
 /// Must be called in a single-threaded process.
 pub fn helper_main() -> i32 {
+    // Clone and fork are safe only in a single-threaded process (see the module docs).
+    let threads = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string()))
+        });
+    if threads.as_deref().is_some_and(|t| t != "1") {
+        eprintln!("nsrun: helper mode needs a single-threaded process: call run_if_helper() before any thread or async runtime starts");
+        return 125;
+    }
     // SAFETY: fd 3 was set up by `Helper::run` for this process and nothing else owns it.
     let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
+    // Not for newuidmap and friends.
+    let _ = nix::fcntl::fcntl(
+        &control,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     let stream = UnixStream::from(control);
     let mut line = String::new();
     if BufReader::new(&stream).read_line(&mut line).is_err() || line.is_empty() {

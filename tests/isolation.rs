@@ -237,3 +237,127 @@ fn id_mappings_never_map_host_root() {
         }
     }
 }
+
+#[test]
+fn no_id_arithmetic_reaches_host_root() {
+    if !is_root() {
+        // Rootless, every mapping is of the caller's own ids: nothing to wrap around to.
+        let o = sh(&["--userns", "single", "-u", "3294967296"], "id -u");
+        assert_code(&o, 0);
+        return;
+    }
+    for flags in [
+        &["--userns", "single", "-u", "3294967296"][..],
+        &["--uid-base", "0"],
+        &["--uid-base", "4294967000"],
+    ] {
+        let o = sh(flags, "id -u");
+        assert_code(&o, 125);
+        assert!(
+            stderr(&o).contains("range") || stderr(&o).contains("unprivileged"),
+            "{flags:?}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn a_symlink_planted_in_a_volume_cannot_redirect_a_later_mount() {
+    let outer = tempfile::tempdir().unwrap();
+    let inner = tempfile::tempdir().unwrap();
+    // Aimed at the child's view of the host during setup.
+    std::os::unix::fs::symlink("../../old/etc", outer.path().join("sub")).unwrap();
+    let v1 = format!("{}:/data", outer.path().display());
+    let v2 = format!("{}:/data/sub:ro", inner.path().display());
+    let o = sh(&["-v", &v1, "-v", &v2], "true");
+    assert_code(&o, 125);
+    assert!(
+        stderr(&o).contains("/data/sub") && stderr(&o).contains("symbolic links"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn read_only_volumes_are_read_only_all_the_way_down() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A mount below the volume's source (only root can make one on the host).
+    let mounted = is_root()
+        && nix::mount::mount(
+            Some("tmpfs"),
+            &sub,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=777"),
+        )
+        .is_ok();
+    let vol = format!("{}:/data:ro", dir.path().display());
+    let o = sh(
+        &["-v", &vol],
+        "touch /data/top; touch /data/sub/f; ls /data/sub | wc -l",
+    );
+    if mounted {
+        nix::mount::umount(&sub).unwrap();
+    }
+    assert_eq!(
+        stderr(&o).matches("Read-only file system").count(),
+        2,
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&o).trim(), "0");
+}
+
+#[test]
+fn a_rootfs_that_folds_dev_onto_tmp_is_refused() {
+    let r = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(r.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(r.path().join("bin")).unwrap();
+    std::fs::create_dir_all(r.path().join("tmp")).unwrap();
+    std::fs::copy(rootfs().join("bin/busybox"), r.path().join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("tmp", r.path().join("dev")).unwrap();
+    let o = std::process::Command::new(nsrun_bin())
+        .args([
+            "run",
+            "--rootfs",
+            r.path().to_str().unwrap(),
+            "--",
+            "/bin/busybox",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_code(&o, 125);
+    assert!(
+        stderr(&o).contains("/dev and /tmp the same place"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn even_cap_sys_admin_cannot_make_the_shared_rootfs_writable() {
+    let marker = format!("poison-{}", std::process::id());
+    let script =
+        format!("mount -o remount,rw /; mount -o remount,rw,bind /; touch /{marker}; echo $?");
+    for flags in [
+        &[][..],
+        &[
+            "--cap-add",
+            "SYS_ADMIN",
+            "--security-opt",
+            "seccomp=unconfined",
+        ],
+    ] {
+        let o = sh(flags, &script);
+        assert_eq!(stdout(&o), "1\n", "{flags:?}: {}", stderr(&o));
+        assert!(
+            !rootfs().join(&marker).exists(),
+            "{flags:?} wrote into the rootfs"
+        );
+    }
+}

@@ -31,9 +31,17 @@ fn host_state() -> HostState {
                 .unwrap_or(false)
         })
         .count();
-    let mut tmp: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+    // /tmp is shared with whatever else runs on the machine: only names of ours count there,
+    // and everything in the helper's own TMPDIR does.
+    let mut tmp: Vec<String> = std::fs::read_dir("/tmp")
         .unwrap()
         .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.contains("nsrun") && !n.starts_with("nsrun-test."))
+        .chain(
+            std::fs::read_dir(std::env::temp_dir())
+                .unwrap()
+                .filter_map(|e| Some(format!("TMPDIR/{}", e.ok()?.file_name().to_string_lossy()))),
+        )
         .collect();
     tmp.sort();
     HostState {
@@ -51,6 +59,9 @@ fn host_state() -> HostState {
 fn two_hundred_sequential_runs_leave_nothing_behind() {
     use nsrun::helper::Helper;
     use nsrun::sandbox::SandboxSpec;
+    let private_tmp = tempfile::tempdir().unwrap();
+    // This binary runs this one test: no other thread reads the environment meanwhile.
+    std::env::set_var("TMPDIR", private_tmp.path());
     let helper = Helper::new(nsrun_bin());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

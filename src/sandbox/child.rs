@@ -221,7 +221,6 @@ fn rearm_parent_death(sync_r: RawFd) -> Result<(), i32> {
     if n > 0 && pfd.revents & libc::POLLHUP != 0 {
         sys::exit(125);
     }
-    sys::close(sync_r);
     Ok(())
 }
 
@@ -235,11 +234,18 @@ fn setup(plan: &Plan, fds: &ChildFds) -> Result<(), (Stage, i32)> {
     let (uid, gid) = plan.setup_ids;
     sys::set_ids(uid, gid, plan.idmap.setgroups.then_some(groups)).map_err(|e| (Stage::Ids, e))?;
     rearm_parent_death(fds.sync_r).map_err(|e| (Stage::Ids, e))?;
-    // Now that the parent placed us in our cgroup, make it the root of our cgroup view.
-    sys::unshare(libc::CLONE_NEWCGROUP).map_err(|e| (Stage::UnshareCgroup, e))?;
     for (i, step) in plan.steps.iter().enumerate() {
-        step.execute().map_err(|e| (Stage::Step(i), e))?;
+        step.execute(&plan.mount_fds)
+            .map_err(|e| (Stage::Step(i), e))?;
     }
+    // The parent attached us to our cgroup meanwhile; wait for it to say so, then make that
+    // cgroup the root of our view. Everything forked from here on starts inside it.
+    let mut byte = [0u8; 1];
+    if sys::read_full(fds.sync_r, &mut byte) != Ok(1) {
+        sys::exit(125);
+    }
+    sys::close(fds.sync_r);
+    sys::unshare(libc::CLONE_NEWCGROUP).map_err(|e| (Stage::UnshareCgroup, e))?;
     sys::sethostname(&plan.hostname).map_err(|e| (Stage::Hostname, e))?;
     if plan.loopback_up {
         sys::loopback_up().map_err(|e| (Stage::Loopback, e))?;

@@ -80,6 +80,12 @@ pub enum IdmapError {
         "container gid {0} is not mapped in this user namespace (single-id mode maps only one gid)"
     )]
     UnmappedGid(u32),
+    #[error("--uid-base {base}: the range {base}..{end} must be unprivileged: above 0 and within 32 bits", end = *base as u64 + RANGE_SIZE as u64)]
+    BadBase { base: u32 },
+    #[error(
+        "uid/gid {0} is out of range for this mapping (container ids must be below {RANGE_SIZE})"
+    )]
+    OutOfRange(u32),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -154,8 +160,12 @@ impl IdMap {
         want: (u32, u32),
         root_base: Option<u32>,
     ) -> Result<IdMap, IdmapError> {
+        let base = root_base.unwrap_or(DEFAULT_ROOT_ID_BASE);
+        if caller.uid == 0 && (base == 0 || base.checked_add(RANGE_SIZE).is_none()) {
+            // Host id 0 inside the range, or a range that wraps around to it, is host root.
+            return Err(IdmapError::BadBase { base });
+        }
         if caller.uid == 0 && mode != UsernsMode::Single {
-            let base = root_base.unwrap_or(DEFAULT_ROOT_ID_BASE);
             let ext = vec![Extent {
                 inside: 0,
                 outside: base,
@@ -178,7 +188,12 @@ impl IdMap {
         // Single id. As root this still maps to an unprivileged id: the dedicated base plus the
         // uid asked for, never host root.
         let (out_uid, out_gid, setgroups) = if caller.uid == 0 {
-            let base = root_base.unwrap_or(DEFAULT_ROOT_ID_BASE);
+            // Only ids inside the dedicated range: anything else could add up to host root.
+            for id in [want.0, want.1] {
+                if id >= RANGE_SIZE {
+                    return Err(IdmapError::OutOfRange(id));
+                }
+            }
             (base + want.0, base + want.1, true)
         } else {
             (caller.uid, caller.gid, false)
@@ -431,6 +446,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.host_uid(0), Some(5000));
+    }
+
+    #[test]
+    fn no_arithmetic_reaches_host_root() {
+        let root = Caller { uid: 0, gid: 0 };
+        assert!(matches!(
+            IdMap::decide(UsernsMode::Auto, root, (0, 0), Some(0)),
+            Err(IdmapError::BadBase { .. })
+        ));
+        assert!(IdMap::decide(UsernsMode::Auto, root, (0, 0), Some(u32::MAX - 100)).is_err());
+        let wrap = (u32::MAX - DEFAULT_ROOT_ID_BASE) + 1;
+        assert!(matches!(
+            IdMap::decide(UsernsMode::Single, root, (wrap, 0), None),
+            Err(IdmapError::OutOfRange(_))
+        ));
+        assert!(IdMap::decide(UsernsMode::Single, root, (0, wrap), None).is_err());
     }
 
     #[test]

@@ -20,6 +20,18 @@ pub const FORWARDED: [libc::c_int; 6] = [
     libc::SIGUSR2,
 ];
 
+/// What pid 1 waits for: the forwarded signals and its children's deaths. A constant, because
+/// pid 1 must not allocate.
+pub const WAITED: [libc::c_int; 7] = [
+    FORWARDED[0],
+    FORWARDED[1],
+    FORWARDED[2],
+    FORWARDED[3],
+    FORWARDED[4],
+    FORWARDED[5],
+    libc::SIGCHLD,
+];
+
 /// The fd pid 1 keeps its report pipe on, after closing everything it inherited.
 const REPORT_FD: RawFd = 3;
 
@@ -70,9 +82,7 @@ pub fn run(plan: &Plan, report_w: RawFd, rlimits: &[Rlimit]) -> ! {
     }
     Report::Started { pid: tool }.send(report);
 
-    let mut waited = FORWARDED.to_vec();
-    waited.push(libc::SIGCHLD);
-    let set = sys::sigset(&waited);
+    let set = sys::sigset(&WAITED);
     loop {
         let sig = sys::sigwait(&set);
         if sig != libc::SIGCHLD {

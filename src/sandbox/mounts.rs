@@ -4,22 +4,23 @@
 //! Layout while the child sets up (after the first pivot):
 //! ```text
 //! /            a small tmpfs of our own (host /tmp, over-mounted in our mount namespace only)
-//! /old         the host's root: sources of binds are reached as /old/<host path>
+//! /old         the host's root, kept until the end for /old/proc/self/fd
 //! /skel        mountpoints missing from the rootfs, layered over it by a read-only overlay
 //! /root        the container's root: rootfs bound read-only (or overlay), then /proc, /dev, …
 //! ```
 //! The final pivot makes `/root` the root and detaches everything else, host included.
 //!
 //! Mount targets are resolved in the parent against the rootfs layers, following the image's
-//! symlinks inside the rootfs only, so a target is always a symlink-free path under `/root`:
-//! once the child is inside the base tmpfs an absolute symlink would resolve against *it*.
+//! symlinks inside the rootfs only, so a target is a symlink-free path under the container root.
+//! The child opens each target with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS)` beneath
+//! `/root` and mounts onto the descriptor: a symlink planted in a volume (or anything else that
+//! changed since planning) makes the step fail instead of redirecting the mount. Host paths are
+//! sources only, reached through descriptors as well (see [`Source`]).
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-
-use std::path::{Component, Path, PathBuf};
-
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
 
 use libc::c_ulong;
 use nix::fcntl::OFlag;
@@ -61,18 +62,33 @@ pub enum MountError {
     TooManyLayers(usize),
     #[error("open {0}: {1}")]
     Open(PathBuf, nix::Error),
-    #[error("statvfs {0}: {1}")]
-    Statvfs(PathBuf, nix::Error),
+    #[error("the rootfs makes {a} and {b} the same place ({resolved}): nsrun mounts both")]
+    Overlap {
+        a: &'static str,
+        b: &'static str,
+        resolved: String,
+    },
+    #[error("{0}: cannot mount over the container's root")]
+    OverRoot(String),
 }
 
 /// How the child may shrug off a failed step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tolerate {
     Nothing,
-    /// ENOENT: the path is not there on this kernel (masked /proc entries).
+    /// ENOENT: the target is not there on this kernel (masked /proc entries).
     Missing,
     /// Any error: a nicety (mqueue, sysfs) whose absence the tool can live with.
     Anything,
+}
+
+/// Where a mount goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A path of the child's own setup tree (`/tmp`, `/root`): no rootfs involved.
+    Setup(CString),
+    /// A symlink-free path relative to the container root, opened beneath it.
+    InRoot(CString),
 }
 
 /// One operation of the child's filesystem setup.
@@ -80,10 +96,14 @@ pub enum Tolerate {
 pub enum Op {
     Mount {
         source: Option<CString>,
-        target: CString,
+        target: Target,
         fstype: Option<CString>,
         flags: c_ulong,
         data: Option<CString>,
+    },
+    /// Make a mount and everything below it read-only.
+    ReadOnly {
+        target: Target,
     },
     Mkdir {
         path: CString,
@@ -96,6 +116,8 @@ pub enum Op {
         target: CString,
         link: CString,
     },
+    /// Open the container root (`/root`) onto [`Fds::root`], once it is mounted.
+    OpenRoot,
     /// `chdir(new_root); pivot_root(".", put_old)`: the old root stays reachable at `put_old`.
     PivotKeepOld {
         new_root: CString,
@@ -115,9 +137,46 @@ pub struct Step {
     pub tolerate: Tolerate,
 }
 
+/// Descriptor numbers the steps use, reserved in the parent (the child `dup3`s onto them).
+#[derive(Debug)]
+pub struct Fds {
+    root: OwnedFd,
+    target: OwnedFd,
+    /// `/old/proc/self/fd/<target>`: how mount(2) is pointed at the opened target.
+    target_path: CString,
+}
+
+impl Fds {
+    fn reserve() -> Result<Fds, MountError> {
+        let open = || {
+            nix::fcntl::open("/", OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|e| MountError::Open("/".into(), e))
+        };
+        let (root, target) = (open()?, open()?);
+        let target_path = cstr(&format!("/old/proc/self/fd/{}", target.as_raw_fd()))?;
+        Ok(Fds {
+            root,
+            target,
+            target_path,
+        })
+    }
+
+    /// Child side: resolves `target` to a path mount(2) can take.
+    fn resolve<'a>(&'a self, target: &'a Target) -> Result<&'a CStr, i32> {
+        match target {
+            Target::Setup(path) => Ok(path),
+            Target::InRoot(rel) => {
+                let fd = sys::open_beneath(self.root.as_raw_fd(), rel)?;
+                sys::move_fd(fd, self.target.as_raw_fd())?;
+                Ok(&self.target_path)
+            }
+        }
+    }
+}
+
 impl Step {
     /// Child side. Allocation-free.
-    pub fn execute(&self) -> Result<(), i32> {
+    pub fn execute(&self, fds: &Fds) -> Result<(), i32> {
         let res = match &self.op {
             Op::Mount {
                 source,
@@ -125,16 +184,26 @@ impl Step {
                 fstype,
                 flags,
                 data,
-            } => sys::mount(
-                source.as_deref(),
-                target,
-                fstype.as_deref(),
-                *flags,
-                data.as_deref(),
-            ),
+            } => fds.resolve(target).and_then(|t| {
+                sys::mount(
+                    source.as_deref(),
+                    t,
+                    fstype.as_deref(),
+                    *flags,
+                    data.as_deref(),
+                )
+            }),
+            Op::ReadOnly { target } => fds.resolve(target).and_then(|t| {
+                let fd = sys::open_path(t, 0)?;
+                let res = sys::make_read_only_recursive(fd);
+                sys::close(fd);
+                res
+            }),
             Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
             Op::Touch { path } => sys::touch(path, 0o644),
             Op::Symlink { target, link } => sys::symlink(target, link),
+            Op::OpenRoot => sys::open_path(c"/root", libc::O_DIRECTORY)
+                .and_then(|fd| sys::move_fd(fd, fds.root.as_raw_fd())),
             Op::PivotKeepOld { new_root, put_old } => sys::chdir(new_root)
                 .and_then(|_| sys::pivot_root(c".", put_old))
                 .and_then(|_| sys::chdir(c"/")),
@@ -149,19 +218,8 @@ impl Step {
 
 /// The `pivot_root(".", ".")` dance: the old root ends up stacked on the new one, where a lazy
 /// unmount of "." detaches it (and the host tree below it) without needing a directory for it.
-fn pivot_detach(new_root: &std::ffi::CStr) -> Result<(), i32> {
-    // SAFETY: opening "/" read-only as a directory; the fd is closed below.
-    let old = unsafe {
-        libc::open(
-            c"/".as_ptr(),
-            libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if old < 0 {
-        return Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO));
-    }
+fn pivot_detach(new_root: &CStr) -> Result<(), i32> {
+    let old = sys::open_path(c"/", libc::O_DIRECTORY)?;
     let res = (|| {
         sys::chdir(new_root)?;
         sys::pivot_root(c".", c".")?;
@@ -179,20 +237,6 @@ fn pivot_detach(new_root: &std::ffi::CStr) -> Result<(), i32> {
     res
 }
 
-/// What kind of mountpoint a mount needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Dir,
-    File,
-}
-
-/// A mount target resolved inside the rootfs.
-#[derive(Debug, Clone)]
-struct Target {
-    /// Symlink-free absolute path inside the container.
-    path: String,
-}
-
 /// A host path that steps mount from, reached by the child through `/proc/self/fd/N`.
 #[derive(Debug)]
 pub struct Source {
@@ -202,36 +246,62 @@ pub struct Source {
 }
 
 impl Source {
-    /// Child side: opens the path onto the reserved number.
+    /// Child side: opens the path onto the reserved number, while the child still has the
+    /// caller's host ids (as root it then switches to the unprivileged range, which may not be
+    /// able to traverse the path). The kernel binds only mounts of the caller's own mount
+    /// namespace, so the parent's descriptor cannot be used directly; it serves to check that the
+    /// path still names the same file, so a path swapped for a symlink meanwhile is refused.
     pub fn reopen(&self) -> Result<(), i32> {
-        // SAFETY: path is NUL-terminated; the temporary fd is closed or moved right after.
-        let fd = unsafe { libc::open(self.path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO));
+        let fd = sys::open_path(&self.path, 0)?;
+        let same = sys::dev_ino(fd).and_then(|a| sys::dev_ino(self.fd.as_raw_fd()).map(|b| a == b));
+        if same != Ok(true) {
+            sys::close(fd);
+            return Err(same.err().unwrap_or(libc::ESTALE));
         }
-        // SAFETY: dup3 onto a number this process holds; it replaces the parent's copy.
-        let ret = unsafe { libc::dup3(fd, self.fd.as_raw_fd(), libc::O_CLOEXEC) };
-        sys::close(fd);
-        if ret < 0 {
-            return Err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO));
-        }
-        Ok(())
+        sys::move_fd(fd, self.fd.as_raw_fd())
     }
 }
 
-/// The planned filesystem: steps for the child and the host paths they mount from.
+/// The planned filesystem: steps for the child, the host paths they mount from, and the
+/// descriptor numbers they use.
 #[derive(Debug)]
 pub struct Mounts {
     pub steps: Vec<Step>,
     pub sources: Vec<Source>,
+    pub fds: Fds,
+}
+
+/// What kind of mountpoint a mount needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+}
+
+/// A mount target resolved inside the rootfs: a symlink-free absolute path.
+#[derive(Debug, Clone)]
+struct Resolved {
+    path: String,
+}
+
+impl Resolved {
+    /// The target for the child: relative to the container root.
+    fn in_root(&self) -> Target {
+        Target::InRoot(
+            CString::new(self.path.trim_start_matches('/')).expect("resolved paths have no NUL"),
+        )
+    }
+
+    fn child(&self, name: &str) -> Resolved {
+        Resolved {
+            path: format!("{}/{name}", self.path.trim_end_matches('/')),
+        }
+    }
 }
 
 /// Plans the whole filesystem of a run on the rootfs layers of `spec` (topmost first).
-pub fn plan(spec: &SandboxSpec, cwd: &str) -> Result<Mounts, MountError> {
+/// `overlay_root` forces the root to be an overlay (read-only for good) even when a bind would do.
+pub fn plan(spec: &SandboxSpec, cwd: &str, overlay_root: bool) -> Result<Mounts, MountError> {
     let layers = &spec.rootfs;
     for l in layers {
         if !l.is_dir() {
@@ -251,6 +321,33 @@ pub fn plan(spec: &SandboxSpec, cwd: &str) -> Result<Mounts, MountError> {
     let sys_t = p.target("/sys", Kind::Dir)?;
     let tmp_t = p.target("/tmp", Kind::Dir)?;
     let run_t = p.target("/run", Kind::Dir)?;
+    // An image whose /dev is a symlink to /tmp would have one mount hide the other, masks
+    // and devices included: refuse rather than run with less than promised.
+    let builtins = [
+        ("/proc", &proc_t),
+        ("/dev", &dev_t),
+        ("/sys", &sys_t),
+        ("/tmp", &tmp_t),
+        ("/run", &run_t),
+    ];
+    for (i, (a, ra)) in builtins.iter().enumerate() {
+        for (b, rb) in &builtins[i + 1..] {
+            let inside = |x: &str, y: &str| {
+                x == y || x.starts_with(&format!("{}/", y.trim_end_matches('/')))
+            };
+            if inside(&ra.path, &rb.path)
+                || inside(&rb.path, &ra.path)
+                || ra.path == "/"
+                || rb.path == "/"
+            {
+                return Err(MountError::Overlap {
+                    a,
+                    b,
+                    resolved: ra.path.clone(),
+                });
+            }
+        }
+    }
     let tmpfs_t = spec
         .tmpfs
         .iter()
@@ -261,15 +358,22 @@ pub fn plan(spec: &SandboxSpec, cwd: &str) -> Result<Mounts, MountError> {
         let meta = std::fs::metadata(&b.source)
             .map_err(|e| MountError::BindSource(b.source.clone(), e))?;
         let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
-        let source = std::fs::canonicalize(&b.source)
-            .map_err(|e| MountError::BindSource(b.source.clone(), e))?;
-        let locked = locked_flags(&source)?;
-        binds.push((p.target(&b.target, kind)?, source, b.read_only, locked));
+        binds.push((p.target(&b.target, kind)?, b.source.clone(), b.read_only));
+    }
+    for (t, _) in &tmpfs_t {
+        if t.path == "/" {
+            return Err(MountError::OverRoot(t.path.clone()));
+        }
+    }
+    for (t, _, _) in &binds {
+        if t.path == "/" {
+            return Err(MountError::OverRoot(t.path.clone()));
+        }
     }
     // A missing working directory is made (empty, read-only) in the skeleton, as Docker makes it.
     p.target(cwd, Kind::Dir)?;
 
-    p.base_and_root()?;
+    p.base_and_root(overlay_root)?;
     p.proc(&proc_t);
     p.dev(&dev_t)?;
     p.sys(&sys_t, spec.network);
@@ -278,10 +382,10 @@ pub fn plan(spec: &SandboxSpec, cwd: &str) -> Result<Mounts, MountError> {
     for (t, size) in &tmpfs_t {
         p.tmpfs(t, &format!("size={size},mode=1777"), &t.path);
     }
-    for (t, source, ro, locked) in &binds {
-        p.bind(t, source, *ro, *locked)?;
+    for (t, source, ro) in &binds {
+        p.bind(t, source, *ro)?;
     }
-    p.masks(&proc_t, &sys_t, &dev_t);
+    p.masks(&proc_t, &sys_t)?;
     p.push(
         Op::PivotDetachOld {
             new_root: cstr("/root")?,
@@ -292,6 +396,7 @@ pub fn plan(spec: &SandboxSpec, cwd: &str) -> Result<Mounts, MountError> {
     Ok(Mounts {
         steps: p.steps,
         sources: p.sources,
+        fds: Fds::reserve()?,
     })
 }
 
@@ -304,11 +409,8 @@ struct Planner<'a> {
 }
 
 impl Planner<'_> {
-    /// Names a host path for the child as `/old/proc/self/fd/N`. The child opens it onto fd N
-    /// first thing, while it still has the caller's host ids: as root it then switches to the
-    /// unprivileged range, which may not be able to traverse the path. The kernel binds only
-    /// mounts of the caller's own mount namespace, so the parent cannot open it for the child;
-    /// it opens it to check it exists and to reserve the number N.
+    /// Names a host path for the child as `/old/proc/self/fd/N`; see [`Source::reopen`]. The
+    /// parent opens it to check it exists and to reserve the number N.
     fn source(&mut self, path: &Path) -> Result<CString, MountError> {
         let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| MountError::Open(path.to_path_buf(), e))?;
@@ -327,7 +429,7 @@ impl Planner<'_> {
         });
     }
 
-    fn target(&mut self, path: &str, kind: Kind) -> Result<Target, MountError> {
+    fn target(&mut self, path: &str, kind: Kind) -> Result<Resolved, MountError> {
         let (resolved, found) = resolve(self.layers, path)?;
         let missing = match found {
             None => true,
@@ -352,30 +454,30 @@ impl Planner<'_> {
         if missing && !self.skeleton.iter().any(|(p, _)| *p == resolved) {
             self.skeleton.push((resolved.clone(), kind));
         }
-        Ok(Target { path: resolved })
+        Ok(Resolved { path: resolved })
     }
 
     /// The base tmpfs, the first pivot, the skeleton and the read-only root.
-    fn base_and_root(&mut self) -> Result<(), MountError> {
+    fn base_and_root(&mut self, overlay_root: bool) -> Result<(), MountError> {
         self.push(
-            Op::Mount {
-                source: None,
-                target: cstr("/")?,
-                fstype: None,
-                flags: libc::MS_SLAVE | libc::MS_REC,
-                data: None,
-            },
+            mnt(
+                None,
+                Target::Setup(cstr("/")?),
+                None,
+                libc::MS_SLAVE | libc::MS_REC,
+                None,
+            ),
             "make / a slave mount (no propagation back to the host)",
             Tolerate::Nothing,
         );
         self.push(
-            Op::Mount {
-                source: Some(cstr("tmpfs")?),
-                target: cstr(BASE)?,
-                fstype: Some(cstr("tmpfs")?),
-                flags: libc::MS_NOSUID | libc::MS_NODEV,
-                data: Some(cstr("size=1m,mode=755")?),
-            },
+            mnt(
+                Some(c"tmpfs".into()),
+                Target::Setup(cstr(BASE)?),
+                Some(c"tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some("size=1m,mode=755"),
+            ),
             format!("mount tmpfs on {BASE} (private to this mount namespace)"),
             Tolerate::Nothing,
         );
@@ -408,7 +510,8 @@ impl Planner<'_> {
         for l in self.layers {
             lowers.push(self.source(l)?.into_string().expect("ASCII"));
         }
-        if !self.skeleton.is_empty() {
+        if !self.skeleton.is_empty() || (overlay_root && lowers.len() == 1) {
+            // An overlay needs two lower layers; an empty skeleton is the cheapest second one.
             self.push(
                 Op::Mkdir {
                     path: cstr("/skel")?,
@@ -444,26 +547,21 @@ impl Planner<'_> {
         if lowers.len() == 1 {
             let src = cstr(&lowers[0])?;
             self.push(
-                Op::Mount {
-                    source: Some(src),
-                    target: cstr("/root")?,
-                    fstype: None,
-                    flags: libc::MS_BIND | libc::MS_REC,
-                    data: None,
-                },
+                mnt(
+                    Some(src),
+                    Target::Setup(cstr("/root")?),
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    None,
+                ),
                 format!("bind the rootfs {} on /root", self.layers[0].display()),
                 Tolerate::Nothing,
             );
-            let locked = locked_flags(&self.layers[0])?;
             self.push(
-                Op::Mount {
-                    source: None,
-                    target: cstr("/root")?,
-                    fstype: None,
-                    flags: libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | locked,
-                    data: None,
+                Op::ReadOnly {
+                    target: Target::Setup(cstr("/root")?),
                 },
-                "remount the rootfs read-only",
+                "make the rootfs read-only",
                 Tolerate::Nothing,
             );
         } else {
@@ -479,66 +577,64 @@ impl Planner<'_> {
                 return Err(MountError::TooManyLayers(lowers.len()));
             }
             self.push(
-                Op::Mount {
-                    source: Some(cstr("overlay")?),
-                    target: cstr("/root")?,
-                    fstype: Some(cstr("overlay")?),
-                    flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-                    data: Some(cstr(&data)?),
-                },
+                mnt(
+                    Some(c"overlay".into()),
+                    Target::Setup(cstr("/root")?),
+                    Some(c"overlay"),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                    Some(&data),
+                ),
                 "mount the read-only overlay of the rootfs (and of mountpoints it lacks) on /root",
                 Tolerate::Nothing,
             );
         }
+        self.push(Op::OpenRoot, "open the container root", Tolerate::Nothing);
         Ok(())
     }
 
-    fn proc(&mut self, t: &Target) {
-        let target = croot(&t.path);
+    fn proc(&mut self, t: &Resolved) {
         self.push(
-            Op::Mount {
-                source: Some(c"proc".into()),
-                target,
-                fstype: Some(c"proc".into()),
-                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                data: None,
-            },
+            mnt(
+                Some(c"proc".into()),
+                t.in_root(),
+                Some(c"proc"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                None,
+            ),
             "mount a fresh proc on /proc",
             Tolerate::Nothing,
         );
     }
 
-    fn dev(&mut self, t: &Target) -> Result<(), MountError> {
-        let dev = &t.path;
+    fn dev(&mut self, t: &Resolved) -> Result<(), MountError> {
         self.push(
-            Op::Mount {
-                source: Some(c"tmpfs".into()),
-                target: croot(dev),
-                fstype: Some(c"tmpfs".into()),
-                flags: libc::MS_NOSUID | libc::MS_NOEXEC,
-                data: Some(CString::new(DEV_SIZE).expect("no NUL")),
-            },
+            mnt(
+                Some(c"tmpfs".into()),
+                t.in_root(),
+                Some(c"tmpfs"),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                Some(DEV_SIZE),
+            ),
             "mount tmpfs on /dev",
             Tolerate::Nothing,
         );
+        // Below here everything is in the tmpfs just mounted: plain paths cannot be redirected.
+        let path = |name: &str| cstr(&format!("/root{}", t.child(name).path));
         for d in DEVICES {
-            let target = croot(&format!("{dev}/{d}"));
             let source = self.source(Path::new(&format!("/dev/{d}")))?;
             self.push(
-                Op::Touch {
-                    path: target.clone(),
-                },
+                Op::Touch { path: path(d)? },
                 format!("create /dev/{d}"),
                 Tolerate::Nothing,
             );
             self.push(
-                Op::Mount {
-                    source: Some(source),
-                    target,
-                    fstype: None,
-                    flags: libc::MS_BIND,
-                    data: None,
-                },
+                mnt(
+                    Some(source),
+                    t.child(d).in_root(),
+                    None,
+                    libc::MS_BIND,
+                    None,
+                ),
                 format!("bind the host's /dev/{d}"),
                 Tolerate::Nothing,
             );
@@ -553,139 +649,125 @@ impl Planner<'_> {
         ] {
             self.push(
                 Op::Symlink {
-                    target: CString::new(to).expect("no NUL"),
-                    link: croot(&format!("{dev}/{link}")),
+                    target: cstr(to)?,
+                    link: path(link)?,
                 },
                 format!("symlink /dev/{link}"),
                 Tolerate::Nothing,
             );
         }
-        let pts = croot(&format!("{dev}/pts"));
         self.push(
             Op::Mkdir {
-                path: pts.clone(),
+                path: path("pts")?,
                 mode: 0o755,
             },
             "mkdir /dev/pts",
             Tolerate::Nothing,
         );
         self.push(
-            Op::Mount {
-                source: Some(c"devpts".into()),
-                target: pts,
-                fstype: Some(c"devpts".into()),
-                flags: libc::MS_NOSUID | libc::MS_NOEXEC,
-                data: Some(c"newinstance,ptmxmode=0666,mode=0620".into()),
-            },
+            mnt(
+                Some(c"devpts".into()),
+                t.child("pts").in_root(),
+                Some(c"devpts"),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620"),
+            ),
             "mount devpts on /dev/pts",
             Tolerate::Nothing,
         );
-        let shm = croot(&format!("{dev}/shm"));
         self.push(
             Op::Mkdir {
-                path: shm.clone(),
+                path: path("shm")?,
                 mode: 0o1777,
             },
             "mkdir /dev/shm",
             Tolerate::Nothing,
         );
         self.push(
-            Op::Mount {
-                source: Some(c"shm".into()),
-                target: shm,
-                fstype: Some(c"tmpfs".into()),
-                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                data: Some(CString::new(SHM_SIZE).expect("no NUL")),
-            },
+            mnt(
+                Some(c"shm".into()),
+                t.child("shm").in_root(),
+                Some(c"tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                Some(SHM_SIZE),
+            ),
             "mount tmpfs on /dev/shm",
             Tolerate::Nothing,
         );
-        let mq = croot(&format!("{dev}/mqueue"));
         self.push(
             Op::Mkdir {
-                path: mq.clone(),
+                path: path("mqueue")?,
                 mode: 0o755,
             },
             "mkdir /dev/mqueue",
             Tolerate::Nothing,
         );
         self.push(
-            Op::Mount {
-                source: Some(c"mqueue".into()),
-                target: mq,
-                fstype: Some(c"mqueue".into()),
-                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                data: None,
-            },
+            mnt(
+                Some(c"mqueue".into()),
+                t.child("mqueue").in_root(),
+                Some(c"mqueue"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                None,
+            ),
             "mount mqueue on /dev/mqueue",
             Tolerate::Anything,
         );
         Ok(())
     }
 
-    fn sys(&mut self, t: &Target, network: Network) {
+    fn sys(&mut self, t: &Resolved, network: Network) {
         // A fresh sysfs shows the network devices of our own namespace only, and is allowed only
         // there; with the host's network there is no sysfs of our own to show, so /sys stays empty.
         if network == Network::Host {
             return;
         }
         self.push(
-            Op::Mount {
-                source: Some(c"sysfs".into()),
-                target: croot(&t.path),
-                fstype: Some(c"sysfs".into()),
-                flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                data: None,
-            },
+            mnt(
+                Some(c"sysfs".into()),
+                t.in_root(),
+                Some(c"sysfs"),
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                None,
+            ),
             "mount sysfs read-only on /sys",
             Tolerate::Anything,
         );
     }
 
-    fn tmpfs(&mut self, t: &Target, data: &str, shown: &str) {
+    fn tmpfs(&mut self, t: &Resolved, data: &str, shown: &str) {
         self.push(
-            Op::Mount {
-                source: Some(c"tmpfs".into()),
-                target: croot(&t.path),
-                fstype: Some(c"tmpfs".into()),
-                flags: libc::MS_NOSUID | libc::MS_NODEV,
-                data: Some(CString::new(data).expect("no NUL")),
-            },
+            mnt(
+                Some(c"tmpfs".into()),
+                t.in_root(),
+                Some(c"tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some(data),
+            ),
             format!("mount tmpfs ({data}) on {shown}"),
             Tolerate::Nothing,
         );
     }
 
-    fn bind(
-        &mut self,
-        t: &Target,
-        source: &Path,
-        read_only: bool,
-        locked: c_ulong,
-    ) -> Result<(), MountError> {
+    fn bind(&mut self, t: &Resolved, source: &Path, read_only: bool) -> Result<(), MountError> {
         let src = self.source(source)?;
-        let target = croot(&t.path);
         self.push(
-            Op::Mount {
-                source: Some(src),
-                target: target.clone(),
-                fstype: None,
-                flags: libc::MS_BIND | libc::MS_REC,
-                data: None,
-            },
+            mnt(
+                Some(src),
+                t.in_root(),
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            ),
             format!("bind {} on {}", source.display(), t.path),
             Tolerate::Nothing,
         );
         if read_only {
             self.push(
-                Op::Mount {
-                    source: None,
-                    target,
-                    fstype: None,
-                    flags: libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | locked,
-                    data: None,
+                Op::ReadOnly {
+                    target: t.in_root(),
                 },
-                format!("remount {} read-only", t.path),
+                format!("make {} read-only", t.path),
                 Tolerate::Nothing,
             );
         }
@@ -694,80 +776,85 @@ impl Planner<'_> {
 
     /// Docker's masked and read-only paths. What is a file and what a directory is read off the
     /// host's own /proc and /sys: the container sees the same kernel.
-    fn masks(&mut self, proc_t: &Target, sys_t: &Target, dev_t: &Target) {
-        let inside = |p: &str| -> String {
-            if let Some(rest) = p.strip_prefix("/proc") {
-                format!("{}{rest}", proc_t.path)
-            } else if let Some(rest) = p.strip_prefix("/sys") {
-                format!("{}{rest}", sys_t.path)
-            } else {
-                p.to_string()
-            }
+    fn masks(&mut self, proc_t: &Resolved, sys_t: &Resolved) -> Result<(), MountError> {
+        let inside = |p: &str| -> Resolved {
+            let (base, rest) = match (p.strip_prefix("/proc/"), p.strip_prefix("/sys/")) {
+                (Some(rest), _) => (proc_t, rest),
+                (_, Some(rest)) => (sys_t, rest),
+                _ => unreachable!("mask lists hold /proc and /sys paths only"),
+            };
+            base.child(rest)
         };
         for p in MASKED_PATHS {
             let Ok(meta) = std::fs::symlink_metadata(p) else {
                 continue;
             };
-            let target = croot(&inside(p));
-            let op = if meta.is_dir() {
-                Op::Mount {
-                    source: Some(c"tmpfs".into()),
-                    target,
-                    fstype: Some(c"tmpfs".into()),
-                    flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    data: Some(c"size=0".into()),
-                }
+            let target = inside(p).in_root();
+            if meta.is_dir() {
+                self.push(
+                    mnt(
+                        Some(c"tmpfs".into()),
+                        target,
+                        Some(c"tmpfs"),
+                        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        Some("size=0"),
+                    ),
+                    format!("mask {p}"),
+                    Tolerate::Missing,
+                );
             } else {
-                Op::Mount {
-                    source: Some(croot(&format!("{}/null", dev_t.path))),
-                    target,
-                    fstype: None,
-                    flags: libc::MS_BIND,
-                    data: None,
-                }
-            };
-            self.push(op, format!("mask {p}"), Tolerate::Missing);
+                // The host's /dev/null itself, not the container's: an image cannot hide it.
+                let null = self.source(Path::new("/dev/null"))?;
+                self.push(
+                    mnt(Some(null), target, None, libc::MS_BIND, None),
+                    format!("mask {p}"),
+                    Tolerate::Missing,
+                );
+            }
         }
         for p in READONLY_PATHS {
             if std::fs::symlink_metadata(p).is_err() {
                 continue;
             }
-            let target = croot(&inside(p));
+            let t = inside(p);
             self.push(
-                Op::Mount {
-                    source: Some(target.clone()),
-                    target: target.clone(),
-                    fstype: None,
-                    flags: libc::MS_BIND | libc::MS_REC,
-                    data: None,
-                },
+                mnt(
+                    Some(cstr(&format!("/root{}", t.path))?),
+                    t.in_root(),
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    None,
+                ),
                 format!("bind {p} onto itself"),
                 Tolerate::Missing,
             );
             self.push(
-                Op::Mount {
-                    source: None,
-                    target,
-                    fstype: None,
-                    flags: libc::MS_REMOUNT
-                        | libc::MS_BIND
-                        | libc::MS_RDONLY
-                        | libc::MS_NOSUID
-                        | libc::MS_NODEV
-                        | libc::MS_NOEXEC,
-                    data: None,
+                Op::ReadOnly {
+                    target: t.in_root(),
                 },
-                format!("remount {p} read-only"),
+                format!("make {p} read-only"),
                 Tolerate::Missing,
             );
         }
+        Ok(())
     }
 }
 
-/// `path` under the future root, as seen from the base tmpfs.
-fn croot(path: &str) -> CString {
-    CString::new(format!("/root{}", if path == "/" { "" } else { path }))
-        .expect("resolved paths have no NUL")
+/// A mount(2) operation.
+fn mnt(
+    source: Option<CString>,
+    target: Target,
+    fstype: Option<&CStr>,
+    flags: c_ulong,
+    data: Option<&str>,
+) -> Op {
+    Op::Mount {
+        source,
+        target,
+        fstype: fstype.map(CStr::to_owned),
+        flags,
+        data: data.map(|d| CString::new(d).expect("mount options have no NUL")),
+    }
 }
 
 fn cstr(s: &str) -> Result<CString, MountError> {
@@ -778,29 +865,6 @@ fn escape_overlay(path: &str) -> String {
     path.replace('\\', "\\\\")
         .replace(':', "\\:")
         .replace(',', "\\,")
-}
-
-/// The flags a bind remount inside a user namespace must keep: the kernel refuses to clear
-/// nosuid/nodev/noexec/atime flags that the mount had when it was "locked" by the namespace.
-fn locked_flags(path: &Path) -> Result<c_ulong, MountError> {
-    use nix::sys::statvfs::FsFlags;
-    let st =
-        nix::sys::statvfs::statvfs(path).map_err(|e| MountError::Statvfs(path.to_path_buf(), e))?;
-    let f = st.flags();
-    let mut out = 0;
-    for (fs, ms) in [
-        (FsFlags::ST_NOSUID, libc::MS_NOSUID),
-        (FsFlags::ST_NODEV, libc::MS_NODEV),
-        (FsFlags::ST_NOEXEC, libc::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, libc::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, libc::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, libc::MS_RELATIME),
-    ] {
-        if f.contains(fs) {
-            out |= ms;
-        }
-    }
-    Ok(out)
 }
 
 /// Resolves `path` inside the union of `layers` (topmost first), following symlinks within the
@@ -918,7 +982,7 @@ mod tests {
         let mut spec = SandboxSpec::new(d.path(), ["/bin/true"]);
         spec.binds
             .push("/etc/hostname:/data/name:ro".parse().unwrap());
-        let steps = plan(&spec, "/").unwrap().steps;
+        let steps = plan(&spec, "/", false).unwrap().steps;
         let whats: Vec<&str> = steps.iter().map(|s| s.what.as_str()).collect();
         assert!(whats.contains(&"create mountpoint /run (missing from the rootfs)"));
         assert!(whats.contains(&"create mountpoint /data/name (missing from the rootfs)"));
@@ -933,13 +997,13 @@ mod tests {
 
         std::fs::create_dir(d.path().join("run")).unwrap();
         std::fs::create_dir_all(d.path().join("data/name")).unwrap();
-        let err = plan(&spec, "/").unwrap_err();
+        let err = plan(&spec, "/", false).unwrap_err();
         assert!(
             err.to_string().contains("cannot mount a file there"),
             "{err}"
         );
         spec.binds.clear();
-        let steps = plan(&spec, "/").unwrap().steps;
+        let steps = plan(&spec, "/", false).unwrap().steps;
         assert!(steps.iter().any(|s| s.what.starts_with("bind the rootfs")));
         assert!(!steps
             .iter()

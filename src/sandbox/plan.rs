@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use super::caps::{CapSet, CapsError};
 use super::idmap::{Caller, IdMap, IdmapError};
-use super::mounts::{self, MountError, Source, Step};
+use super::mounts::{self, Fds, MountError, Source, Step};
 use super::seccomp::{self, Filter, SeccompError};
 use super::spec::{Network, SandboxSpec, DEFAULT_PATH};
 use super::user::{self, Identity, UserError};
@@ -67,6 +67,8 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Host paths the steps mount from.
     pub sources: Vec<Source>,
+    /// Descriptor numbers the steps use.
+    pub mount_fds: Fds,
     /// The ids the child takes on inside the namespace before setting up (container root when
     /// mapped), so that what it creates is owned by a mapped id.
     pub setup_ids: (u32, u32),
@@ -106,8 +108,11 @@ impl Plan {
         if hostname.is_empty() || hostname.len() > 64 || hostname.contains('\0') {
             return Err(PlanError::BadHostname(hostname));
         }
-        let mounts = mounts::plan(spec, &cwd)?;
         let caps = CapSet::resolve(&spec.cap_add, &spec.cap_drop)?;
+        // With CAP_SYS_ADMIN the tool could remount a bound rootfs read-write and write into
+        // the cache other runs share; an overlay without an upper layer cannot be made writable.
+        let sys_admin = super::caps::cap_from_name("SYS_ADMIN").is_some_and(|c| caps.contains(c));
+        let mounts = mounts::plan(spec, &cwd, sys_admin)?;
         let seccomp = seccomp::compile(&spec.seccomp, caps, spec.state_dir.as_deref())?;
         let env = environment(&spec.env, &hostname, &ident)?;
         // Supplementary groups the namespace cannot express are left out (setgroups would fail).
@@ -141,6 +146,7 @@ impl Plan {
             idmap,
             steps: mounts.steps,
             sources: mounts.sources,
+            mount_fds: mounts.fds,
             setup_ids,
             hostname: hostname.into_bytes(),
             loopback_up: spec.network == Network::None,

@@ -16,7 +16,7 @@ use thiserror::Error;
 use super::cgroup::{self, CgroupError, Enforcement};
 use super::child::{self, ChildFds, Report, Stage, REPORT_SIZE};
 use super::diagnose::{self, HostFacts};
-use super::init::FORWARDED;
+use super::init::{FORWARDED, WAITED};
 use super::plan::{new_run_id, Plan, PlanError};
 use super::spec::SandboxSpec;
 use super::sys;
@@ -165,7 +165,8 @@ pub fn run(
             rlimits,
             unenforced,
         } => (rlimits.clone(), unenforced.clone()),
-        _ => (Vec::new(), Vec::new()),
+        Enforcement::Cgroup(cg) => (Vec::new(), cg.unenforced().to_vec()),
+        Enforcement::None => (Vec::new(), Vec::new()),
     };
 
     let devnull;
@@ -195,9 +196,7 @@ pub fn run(
 
     // Blocked here, inherited blocked by pid 1, which collects them with sigwaitinfo; we read
     // ours from a signalfd and pass them on.
-    let mut blocked = FORWARDED.to_vec();
-    blocked.push(libc::SIGCHLD);
-    let _mask = MaskGuard(sys::sigmask(libc::SIG_BLOCK, &sys::sigset(&blocked)));
+    let _mask = MaskGuard(sys::sigmask(libc::SIG_BLOCK, &sys::sigset(&WAITED)));
 
     let started = Instant::now();
     let pid = match sys::clone_process(plan.clone_flags) {
@@ -214,14 +213,21 @@ pub fn run(
     drop(sync_r);
     drop(report_w);
 
+    // Two releases: the first once the id maps are written, so the child sets up its mounts
+    // while we attach it to its cgroup (the first write to a v1 cgroup.procs waits for an RCU
+    // grace period, milliseconds); the second once it is attached, before anything is forked.
     plan.idmap.write(pid)?;
+    let release = |what| {
+        sys::write_all(sync_w.as_raw_fd(), &[1]).map_err(|e| RunError::Sys {
+            what,
+            err: nix::errno::Errno::from_raw(e),
+        })
+    };
+    release("release the sandbox")?;
     if let Enforcement::Cgroup(cg) = &enforcement {
         cg.add_pid(pid)?;
     }
-    sys::write_all(sync_w.as_raw_fd(), &[1]).map_err(|e| RunError::Sys {
-        what: "release the sandbox",
-        err: nix::errno::Errno::from_raw(e),
-    })?;
+    release("release the sandbox into its cgroup")?;
     // `sync_w` stays open until the run ends: the child watches it to notice our death.
 
     let mut waiter = Waiter::new(pid, report_r, cancel, spec, started)?;
@@ -328,6 +334,14 @@ struct Events {
     termination: Option<Termination>,
     timed_out: bool,
     cancelled: bool,
+}
+
+impl Drop for Waiter<'_> {
+    /// Signals that arrived after pid 1 was gone have no one to go to; left pending, they would
+    /// hit nsrun itself once the mask is restored.
+    fn drop(&mut self) {
+        while let Ok(Some(_)) = self.signals.read_signal() {}
+    }
 }
 
 /// The parent's wait loop: pid 1's exit, its reports, our signals, the timeout and the cancel fd.

@@ -1,0 +1,127 @@
+//! Capability sets applied for real in a forked child inside a fresh user namespace (so the same
+//! test runs as root and as an unprivileged user), read back from /proc/self/status.
+
+use nsrun::sandbox::caps::{self, cap_from_name, CapSet};
+
+/// Forks; the child enters a new user namespace (full capabilities there), runs `drop_bounding`
+/// and `apply` with `set`, then sends /proc/self/status back. Only raw syscalls in the child.
+fn status_after(set: CapSet) -> Result<String, String> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid array of two ints.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: the child below makes raw syscalls and calls _exit only.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: async-signal-safe calls on stack buffers only.
+        unsafe {
+            libc::close(fds[0]);
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                libc::_exit(10);
+            }
+            if caps::drop_bounding(set).is_err() {
+                libc::_exit(11);
+            }
+            if caps::apply(set).is_err() {
+                libc::_exit(12);
+            }
+            let fd = libc::open(c"/proc/self/status".as_ptr(), libc::O_RDONLY);
+            if fd < 0 {
+                libc::_exit(13);
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
+                if n <= 0 {
+                    break;
+                }
+                libc::write(fds[1], buf.as_ptr() as *const libc::c_void, n as usize);
+            }
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closing our write end.
+    unsafe { libc::close(fds[1]) };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: reading into a live buffer.
+        let n = unsafe { libc::read(fds[0], buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+    // SAFETY: closing our read end; reaping our child.
+    let mut status = 0;
+    unsafe {
+        libc::close(fds[0]);
+        libc::waitpid(pid, &mut status, 0);
+    }
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(String::from_utf8(out).unwrap()),
+        10 => Err("unshare(CLONE_NEWUSER) refused".into()),
+        n => Err(format!("child failed at step {n}")),
+    }
+}
+
+fn field(status: &str, name: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name}"));
+    u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+}
+
+fn last_cap_mask() -> u64 {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if last >= 63 {
+        u64::MAX
+    } else {
+        (1u64 << (last + 1)) - 1
+    }
+}
+
+fn check(set: CapSet) {
+    let status = match status_after(set) {
+        Ok(s) => s,
+        Err(e) if e.contains("unshare") && std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipped: {e} (unprivileged user namespaces disabled?)");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let want = set.0 & last_cap_mask();
+    assert_eq!(field(&status, "CapEff:"), want, "effective");
+    assert_eq!(field(&status, "CapPrm:"), want, "permitted");
+    assert_eq!(field(&status, "CapInh:"), want, "inheritable");
+    assert_eq!(field(&status, "CapBnd:"), want, "bounding");
+    assert_eq!(field(&status, "CapAmb:"), 0, "ambient");
+}
+
+#[test]
+fn default_set_is_what_remains() {
+    check(CapSet::default_set());
+}
+
+#[test]
+fn empty_set_drops_everything() {
+    check(CapSet(0));
+}
+
+#[test]
+fn added_capabilities_are_kept() {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let set = CapSet::resolve(&s(&["NET_RAW", "SYS_ADMIN"]), &s(&["CHOWN"])).unwrap();
+    assert!(set.contains(cap_from_name("NET_RAW").unwrap()));
+    check(set);
+}
+
+#[test]
+fn all_capabilities_survive_when_asked() {
+    check(CapSet::ALL);
+}

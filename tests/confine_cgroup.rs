@@ -1,0 +1,552 @@
+//! cgroup setup: v2 and v1 against fake cgroupfs trees (any user), v1 for real on this host
+//! (root), the rlimit fallback for real (unprivileged), and rlimits applied in a child.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nsrun::sandbox::cgroup::{
+    apply_rlimits, setup, setup_at, setup_explained, Enforcement, Limits, RunCgroup,
+};
+
+fn read(p: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(p.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", p.as_ref().display()))
+}
+
+fn all_limits() -> Limits {
+    Limits {
+        memory: Some(64 << 20),
+        memory_swap: None,
+        cpus: Some(0.5),
+        cpu_shares: Some(512),
+        pids: Some(32),
+    }
+}
+
+fn cgroup(e: Enforcement) -> RunCgroup {
+    match e {
+        Enforcement::Cgroup(c) => c,
+        other => panic!("expected a cgroup, got {other:?}"),
+    }
+}
+
+/// A fake v2 host: `/sys/fs/cgroup` with our process in `user.slice/app`, delegating `delegate`.
+fn fake_v2(root: &Path, delegate: &str) {
+    std::fs::write(root.join("cgroup.controllers"), "cpuset cpu io memory pids").unwrap();
+    std::fs::write(root.join("cgroup.subtree_control"), "cpu memory pids").unwrap();
+    let ours = root.join("user.slice/app");
+    std::fs::create_dir_all(&ours).unwrap();
+    std::fs::write(ours.join("cgroup.controllers"), "cpu memory pids").unwrap();
+    std::fs::write(ours.join("cgroup.subtree_control"), delegate).unwrap();
+    std::fs::write(ours.join("cgroup.kill"), "").unwrap();
+    std::fs::write(ours.join("cgroup.procs"), "1234\n").unwrap();
+}
+
+#[test]
+fn v2_fake_tree_limits_stats_kill_remove() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fake_v2(root, "cpu memory pids");
+    let cg = cgroup(
+        setup_at(root, "0::/user.slice/app\n", &all_limits(), "run1")
+            .unwrap()
+            .0,
+    );
+    let dir = root.join("user.slice/app/nsrun/run1");
+    assert!(cg.is_v2());
+    assert_eq!(cg.v2_dir(), Some(dir.as_path()));
+    let fd = cg.v2_dir_fd().unwrap().unwrap();
+    let fd_path = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .unwrap();
+    assert_eq!(fd_path, dir);
+    assert_eq!(
+        read(root.join("user.slice/app/nsrun/cgroup.subtree_control")),
+        "memory cpu pids"
+    );
+    assert_eq!(read(dir.join("cgroup.controllers")), "memory cpu pids");
+    assert_eq!(read(dir.join("memory.max")), (64u64 << 20).to_string());
+    assert_eq!(
+        read(dir.join("memory.swap.max")),
+        (64u64 << 20).to_string(),
+        "Docker: as much swap as memory"
+    );
+    assert_eq!(read(dir.join("cpu.max")), "50000 100000");
+    assert_eq!(
+        read(dir.join("cpu.weight")),
+        "20",
+        "runc's shares→weight mapping of 512"
+    );
+    assert_eq!(read(dir.join("pids.max")), "32");
+    // The cgroup we run in is untouched.
+    assert_eq!(
+        read(root.join("user.slice/app/cgroup.subtree_control")),
+        "cpu memory pids"
+    );
+    assert_eq!(read(root.join("user.slice/app/cgroup.procs")), "1234\n");
+
+    cg.add_pid(4242).unwrap();
+    assert_eq!(read(dir.join("cgroup.procs")), "4242\n");
+
+    assert_eq!(cg.stats(), Default::default(), "nothing to read yet");
+    std::fs::write(
+        dir.join("memory.events"),
+        "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\noom_group_kill 0\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("memory.peak"), "67100672\n").unwrap();
+    std::fs::write(
+        dir.join("cpu.stat"),
+        "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+    )
+    .unwrap();
+    let s = cg.stats();
+    assert!(s.oom_killed);
+    assert_eq!(s.peak_memory, Some(67100672));
+    assert_eq!(s.cpu_time, Some(Duration::from_micros(1500)));
+
+    cg.kill_all();
+    assert_eq!(read(dir.join("cgroup.kill")), "1");
+
+    cg.remove().unwrap();
+    assert!(!dir.exists());
+    assert!(
+        root.join("user.slice/app/nsrun").is_dir(),
+        "the shared nsrun level stays"
+    );
+}
+
+#[test]
+fn v2_swap_settings_and_only_needed_controllers() {
+    let tmp = tempfile::tempdir().unwrap();
+    fake_v2(tmp.path(), "cpu memory pids");
+    let l = Limits {
+        memory: Some(100 << 20),
+        memory_swap: Some(-1),
+        ..Default::default()
+    };
+    let cg = cgroup(
+        setup_at(tmp.path(), "0::/user.slice/app", &l, "a")
+            .unwrap()
+            .0,
+    );
+    let dir = tmp.path().join("user.slice/app/nsrun/a");
+    assert_eq!(read(dir.join("memory.swap.max")), "max");
+    assert!(!dir.join("cpu.max").exists() && !dir.join("pids.max").exists());
+    drop(cg);
+    assert!(!dir.exists(), "Drop removes the cgroup");
+
+    // Only pids asked for: memory is still enabled (for stats) since it is delegated.
+    let l = Limits {
+        pids: Some(5),
+        ..Default::default()
+    };
+    let _cg = cgroup(
+        setup_at(tmp.path(), "0::/user.slice/app", &l, "b")
+            .unwrap()
+            .0,
+    );
+    let ctl = read(
+        tmp.path()
+            .join("user.slice/app/nsrun/cgroup.subtree_control"),
+    );
+    assert!(ctl.contains("pids") && ctl.contains("memory"), "{ctl}");
+}
+
+#[test]
+fn v2_without_delegation_falls_back_to_rlimits() {
+    let tmp = tempfile::tempdir().unwrap();
+    fake_v2(tmp.path(), "cpu");
+    let l = Limits {
+        memory: Some(1 << 30),
+        pids: Some(10),
+        cpus: Some(1.0),
+        ..Default::default()
+    };
+    match setup_at(tmp.path(), "0::/user.slice/app", &l, "r").unwrap() {
+        (
+            Enforcement::Rlimits {
+                rlimits,
+                unenforced,
+            },
+            Some(reason),
+        ) => {
+            assert_eq!(rlimits.len(), 2);
+            assert!(
+                reason.contains("does not delegate memory, pids"),
+                "{reason}"
+            );
+            assert!(unenforced.iter().any(|u| u == "--cpus"), "{unenforced:?}");
+        }
+        other => panic!("expected rlimits, got {other:?}"),
+    }
+    assert!(
+        !tmp.path().join("user.slice/app/nsrun").exists(),
+        "nothing created"
+    );
+}
+
+/// A fake hybrid host like ours: v1 memory/cpu/cpuacct/pids, an empty unified hierarchy.
+fn fake_hybrid(root: &Path, comount_cpu: bool) -> String {
+    std::fs::create_dir_all(root.join("unified")).unwrap();
+    std::fs::write(root.join("unified/cgroup.controllers"), "").unwrap();
+    std::fs::write(root.join("unified/cgroup.subtree_control"), "").unwrap();
+    std::fs::create_dir_all(root.join("memory/job/42")).unwrap();
+    std::fs::create_dir_all(root.join("pids")).unwrap();
+    if comount_cpu {
+        std::fs::create_dir_all(root.join("cpu,cpuacct")).unwrap();
+        std::os::unix::fs::symlink("cpu,cpuacct", root.join("cpu")).unwrap();
+        std::os::unix::fs::symlink("cpu,cpuacct", root.join("cpuacct")).unwrap();
+        "5:pids:/\n4:memory:/job/42\n2:cpu,cpuacct:/\n0::/\n".into()
+    } else {
+        std::fs::create_dir_all(root.join("cpu")).unwrap();
+        std::fs::create_dir_all(root.join("cpuacct")).unwrap();
+        "8:pids:/\n4:memory:/job/42\n2:cpuacct:/\n1:cpu:/\n0::/\n".into()
+    }
+}
+
+#[test]
+fn v1_fake_tree_limits_and_stats() {
+    for comount in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let proc_text = fake_hybrid(root, comount);
+        let limits = Limits {
+            memory_swap: Some(96 << 20),
+            ..all_limits()
+        };
+        let cg = cgroup(setup_at(root, &proc_text, &limits, "r1").unwrap().0);
+        assert!(!cg.is_v2());
+        assert!(cg.v2_dir_fd().is_none());
+        let mem = root.join("memory/job/42/nsrun/r1");
+        let cpu = if comount {
+            root.join("cpu,cpuacct/nsrun/r1")
+        } else {
+            root.join("cpu/nsrun/r1")
+        };
+        let pids = root.join("pids/nsrun/r1");
+        assert_eq!(
+            read(mem.join("memory.limit_in_bytes")),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            read(mem.join("memory.memsw.limit_in_bytes")),
+            (96u64 << 20).to_string()
+        );
+        assert_eq!(read(cpu.join("cpu.cfs_period_us")), "100000");
+        assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "50000");
+        assert_eq!(read(cpu.join("cpu.shares")), "512");
+        assert_eq!(read(pids.join("pids.max")), "32");
+        assert_eq!(
+            cg.paths().count(),
+            3,
+            "memory, cpu (with cpuacct if co-mounted), pids"
+        );
+        if !comount {
+            assert!(
+                !root.join("cpuacct/nsrun/r1").exists(),
+                "no cgroup of its own for cpuacct"
+            );
+        }
+
+        cg.add_pid(77).unwrap();
+        for p in cg.paths() {
+            assert_eq!(read(p.join("cgroup.procs")), "77\n");
+        }
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        std::fs::write(mem.join("memory.max_usage_in_bytes"), "5000000\n").unwrap();
+        std::fs::write(cpu.join("cpuacct.usage"), "2500000\n").unwrap();
+        let s = cg.stats();
+        assert!(s.oom_killed);
+        assert_eq!(s.peak_memory, Some(5_000_000));
+        // CPU time from cpuacct when it lives with cpu; else the caller's rusage says it.
+        let want = comount.then_some(Duration::from_micros(2500));
+        assert_eq!(s.cpu_time, want);
+        cg.remove().unwrap();
+        assert!(!mem.exists() && !cpu.exists() && !pids.exists());
+    }
+}
+
+#[test]
+fn run_id_collisions_and_bad_ids_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    fake_v2(tmp.path(), "cpu memory pids");
+    let l = Limits {
+        pids: Some(3),
+        ..Default::default()
+    };
+    let _a = cgroup(
+        setup_at(tmp.path(), "0::/user.slice/app", &l, "same")
+            .unwrap()
+            .0,
+    );
+    let e = setup_at(tmp.path(), "0::/user.slice/app", &l, "same")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nsrun/same"), "{e}");
+    for bad in ["", "a/b", ".."] {
+        assert!(
+            setup_at(tmp.path(), "0::/user.slice/app", &l, bad).is_err(),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        setup_at(tmp.path(), "0::/", &Limits::default(), "x").unwrap(),
+        (Enforcement::None, None)
+    ));
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// This host's real cgroups, or `None` (with a reason) when it has no v1 memory/pids hierarchy.
+fn host_has_v1() -> Result<(), String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    if text.lines().any(|l| l.contains(":memory:")) && text.lines().any(|l| l.contains(":pids:")) {
+        Ok(())
+    } else {
+        Err("no v1 memory and pids hierarchies on this host".into())
+    }
+}
+
+fn skip_or_fail(why: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}");
+    }
+    eprintln!("skipped: {why}");
+}
+
+/// A shell waiting for a line on stdin before running `script`, so it is in the cgroup first.
+fn gated_shell(script: &str) -> Child {
+    Command::new("/bin/sh")
+        .args(["-c", &format!("read go; {script}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn release(child: &mut Child) {
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+}
+
+fn run_id(tag: &str) -> String {
+    format!("test-{tag}-{}", std::process::id())
+}
+
+#[test]
+fn v1_for_real_limits_pids_and_cleans_up() {
+    if !is_root() {
+        return; // unprivileged: see rootless_falls_back_to_rlimits_with_a_message
+    }
+    if let Err(why) = host_has_v1() {
+        return skip_or_fail(&why);
+    }
+    let limits = Limits {
+        pids: Some(4),
+        memory: Some(256 << 20),
+        cpus: Some(1.0),
+        ..Default::default()
+    };
+    let cg = cgroup(setup(&limits, &run_id("pids")).unwrap());
+    let paths: Vec<_> = cg.paths().map(Path::to_path_buf).collect();
+    for p in &paths {
+        assert!(p.is_dir(), "{}", p.display());
+    }
+    // Forks beyond the limit fail; the shell reports it.
+    let mut child = gated_shell("for i in 1 2 3 4 5 6 7 8; do sleep 3 & done; wait");
+    cg.add_pid(child.id() as i32).unwrap();
+    let cgroup_file = read(format!("/proc/{}/cgroup", child.id()));
+    assert!(
+        cgroup_file.contains(&format!("nsrun/{}", run_id("pids"))),
+        "{cgroup_file}"
+    );
+    release(&mut child);
+    std::thread::sleep(Duration::from_millis(300));
+    let pids_dir = paths
+        .iter()
+        .find(|p| p.starts_with("/sys/fs/cgroup/pids"))
+        .unwrap();
+    let procs = read(pids_dir.join("cgroup.procs"));
+    assert!(procs.lines().count() <= 4, "pids.max 4 but {procs}");
+    assert_eq!(read(pids_dir.join("pids.max")).trim(), "4");
+    cg.kill_all();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fork") || stderr.contains("Resource temporarily unavailable"),
+        "{stderr}"
+    );
+    assert!(
+        read(pids_dir.join("cgroup.procs")).is_empty(),
+        "kill_all emptied the cgroup"
+    );
+    let s = cg.stats();
+    assert!(!s.oom_killed);
+    assert!(s.peak_memory.is_some_and(|p| p > 0), "{s:?}");
+    let comounted = read("/proc/self/cgroup").contains("cpu,cpuacct");
+    assert_eq!(s.cpu_time.is_some(), comounted, "{s:?}");
+    cg.remove().unwrap();
+    for p in &paths {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+}
+
+#[test]
+fn v1_for_real_oom_kill_is_detected() {
+    if !is_root() {
+        return;
+    }
+    if let Err(why) = host_has_v1() {
+        return skip_or_fail(&why);
+    }
+    let limits = Limits {
+        memory: Some(32 << 20),
+        memory_swap: Some(32 << 20),
+        ..Default::default()
+    };
+    let cg = cgroup(setup(&limits, &run_id("oom")).unwrap());
+    // dd touches a 128 MiB buffer: four times the limit.
+    let mut child = gated_shell("exec dd if=/dev/zero of=/dev/null bs=128M count=1");
+    cg.add_pid(child.id() as i32).unwrap();
+    release(&mut child);
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    let s = cg.stats();
+    assert!(s.oom_killed, "{s:?}");
+    assert!(
+        s.peak_memory.is_some_and(|p| p <= 33 << 20 && p > 16 << 20),
+        "{s:?}"
+    );
+    cg.remove().unwrap();
+}
+
+#[test]
+fn rootless_falls_back_to_rlimits_with_a_message() {
+    if is_root() {
+        return; // root gets a real cgroup: see v1_for_real_*
+    }
+    let limits = Limits {
+        pids: Some(16),
+        memory: Some(64 << 20),
+        cpus: Some(1.0),
+        ..Default::default()
+    };
+    match setup_explained(&limits, &run_id("rootless")).unwrap() {
+        (
+            Enforcement::Rlimits {
+                rlimits,
+                unenforced,
+            },
+            Some(reason),
+        ) => {
+            assert_eq!(rlimits.len(), 2);
+            assert!(unenforced.iter().any(|u| u == "--cpus"));
+            assert!(reason.contains("no cgroup could be created"), "{reason}");
+            let line = Enforcement::Rlimits {
+                rlimits,
+                unenforced,
+            }
+            .warning()
+            .unwrap();
+            assert!(
+                line.starts_with("warning: not enforced: --memory for the run as a whole"),
+                "{line}"
+            );
+            assert!(!line.contains('\n'));
+        }
+        (Enforcement::Cgroup(cg), _) => {
+            // A delegated v2 cgroup would do too; it must then really be ours to write.
+            let dirs: Vec<_> = cg.paths().map(Path::to_path_buf).collect();
+            cg.remove().unwrap();
+            eprintln!("delegated cgroup available: {dirs:?}");
+        }
+        other => panic!("expected rlimits with a reason, got {other:?}"),
+    }
+}
+
+/// Forks; the child applies the rlimits and tries to map `bytes` of private memory.
+fn mmap_under_rlimits(limits: &Limits, bytes: usize) -> i32 {
+    let rl = match setup_at(Path::new("/nonexistent"), "0::/", limits, "x")
+        .unwrap()
+        .0
+    {
+        Enforcement::Rlimits { rlimits, .. } => rlimits,
+        other => panic!("no cgroupfs there: expected rlimits, got {other:?}"),
+    };
+    // SAFETY: the child makes raw syscalls and calls _exit only.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: as above; rl was built before the fork.
+        unsafe {
+            if apply_rlimits(&rl).is_err() {
+                libc::_exit(2);
+            }
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            libc::_exit(if p == libc::MAP_FAILED { 1 } else { 0 });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    libc::WEXITSTATUS(status)
+}
+
+#[test]
+fn rlimit_data_caps_private_memory() {
+    let l = Limits {
+        memory: Some(32 << 20),
+        ..Default::default()
+    };
+    assert_eq!(
+        mmap_under_rlimits(&l, 256 << 20),
+        1,
+        "256 MiB refused under a 32 MiB RLIMIT_DATA"
+    );
+    assert_eq!(mmap_under_rlimits(&l, 4 << 20), 0, "4 MiB fits");
+}
+
+#[test]
+fn dropping_a_cgroup_with_processes_inside_leaves_nothing() {
+    if !is_root() {
+        return;
+    }
+    if let Err(why) = host_has_v1() {
+        return skip_or_fail(&why);
+    }
+    let limits = Limits {
+        pids: Some(10),
+        ..Default::default()
+    };
+    let cg = cgroup(setup(&limits, &run_id("drop")).unwrap());
+    let paths: Vec<_> = cg.paths().map(Path::to_path_buf).collect();
+    let mut child = gated_shell("sleep 30");
+    cg.add_pid(child.id() as i32).unwrap();
+    release(&mut child);
+    // An error path: the cgroup goes out of scope with the tool still running in it.
+    drop(cg);
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    for p in &paths {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+}

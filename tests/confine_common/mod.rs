@@ -1,0 +1,60 @@
+//! Fixtures shared by the confinement tests: the probe binary, the nsrun binary, the rootfs.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Whether we run in CI, where a missing fixture is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// The static probe: `NSRUN_TEST_PROBE`, else built now by scripts/build-probe.sh into a
+/// per-user temporary directory (so an unprivileged test user can build it too).
+pub fn probe() -> PathBuf {
+    if let Some(p) = std::env::var_os("NSRUN_TEST_PROBE") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "NSRUN_TEST_PROBE={} does not exist",
+            p.display()
+        );
+        return p;
+    }
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let out = std::env::temp_dir()
+        .join(format!("nsrun-probe-{uid}"))
+        .join("probe");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-probe.sh");
+    let st = Command::new(script)
+        .arg(&out)
+        .status()
+        .expect("running scripts/build-probe.sh");
+    assert!(
+        st.success(),
+        "scripts/build-probe.sh failed (needs gcc and a static libc)"
+    );
+    out
+}
+
+/// The nsrun binary under test.
+pub fn nsrun_bin() -> PathBuf {
+    std::env::var_os("NSRUN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nsrun")))
+}
+
+/// The busybox rootfs (`NSRUN_TEST_ROOTFS`, built by scripts/mkrootfs-busybox.sh), or `None`
+/// after printing "skipped" (outside CI) — in CI a missing rootfs fails the test.
+pub fn rootfs() -> Option<PathBuf> {
+    match std::env::var_os("NSRUN_TEST_ROOTFS").map(PathBuf::from) {
+        Some(p) if p.join("bin/busybox").is_file() => Some(p),
+        other => {
+            let why = format!("NSRUN_TEST_ROOTFS not set or not a busybox rootfs ({other:?})");
+            assert!(!in_ci(), "{why}");
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
