@@ -319,6 +319,52 @@ impl ImageConfig {
     }
 }
 
+impl ImageConfig {
+    /// The command line Docker would run: `entrypoint` (`--entrypoint`; `Some(&[])` clears the
+    /// image's) followed by `args`, or by the image's Cmd when `args` is empty and the entrypoint
+    /// was not overridden (Docker drops the image's Cmd when `--entrypoint` is given).
+    ///
+    /// ```
+    /// use nsrun::registry::manifest::ImageConfig;
+    /// let c = ImageConfig {
+    ///     entrypoint: Some(vec!["/bin/tool".into()]),
+    ///     cmd: Some(vec!["--help".into()]),
+    ///     ..Default::default()
+    /// };
+    /// assert_eq!(c.argv(None, &[]), ["/bin/tool", "--help"]);
+    /// assert_eq!(c.argv(None, &["-v".into()]), ["/bin/tool", "-v"]);
+    /// assert_eq!(c.argv(Some(&["/bin/sh".into()]), &[]), ["/bin/sh"]);
+    /// ```
+    pub fn argv(&self, entrypoint: Option<&[String]>, args: &[String]) -> Vec<String> {
+        let (ep, cmd): (Vec<String>, Vec<String>) = match entrypoint {
+            Some(ep) => (ep.to_vec(), args.to_vec()),
+            None => (
+                self.entrypoint.clone().unwrap_or_default(),
+                if args.is_empty() {
+                    self.cmd.clone().unwrap_or_default()
+                } else {
+                    args.to_vec()
+                },
+            ),
+        };
+        ep.into_iter().chain(cmd).collect()
+    }
+
+    /// The image's Env with `overrides` (`KEY=VALUE`) applied by key, as `docker run -e` does.
+    pub fn env_with(&self, overrides: &[String]) -> Vec<String> {
+        let key = |kv: &str| kv.split('=').next().unwrap_or("").to_string();
+        let mut out: Vec<String> = self.env.clone();
+        for o in overrides {
+            let k = key(o);
+            match out.iter_mut().find(|e| key(e) == k) {
+                Some(e) => *e = o.clone(),
+                None => out.push(o.clone()),
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +434,24 @@ mod tests {
             Document::Index(_)
         ));
         assert!(parse(&vec![b' '; MAX_MANIFEST_BYTES + 1], None).is_err());
+    }
+
+    #[test]
+    fn docker_command_and_env_rules() {
+        let c = ImageConfig {
+            entrypoint: None,
+            cmd: Some(vec!["sh".into(), "-c".into(), "echo".into()]),
+            env: vec!["PATH=/bin".into(), "A=1".into()],
+            ..Default::default()
+        };
+        assert_eq!(c.argv(None, &[]), ["sh", "-c", "echo"]);
+        assert_eq!(c.argv(None, &["ls".into()]), ["ls"]);
+        assert_eq!(c.argv(Some(&[]), &["ls".into()]), ["ls"]);
+        assert!(ImageConfig::default().argv(None, &[]).is_empty());
+        assert_eq!(
+            c.env_with(&["A=2".into(), "B=3".into()]),
+            ["PATH=/bin", "A=2", "B=3"]
+        );
     }
 
     #[test]
