@@ -94,7 +94,7 @@ if command -v podman >/dev/null; then
   tools+=(podman)
   for i in $(seq 1 "$runs"); do
     rm -rf "$work/podman"
-    measure podman podman --root "$work/podman/root" --runroot "$work/podman/run" --storage-driver vfs \
+    measure podman podman --root "$work/podman/root" --runroot "$work/podman/run" --storage-driver overlay \
       pull -q --tls-verify=false "$ref"
   done
 fi
