@@ -240,3 +240,55 @@ fn images_inspect_rmi_gc() {
     let o = run(&root, &["images", "-q"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), b.digest());
 }
+
+#[test]
+fn credentials_from_docker_config_helpers() {
+    let reg = FakeRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = Image::simple("amd64", "helped");
+    reg.put_image("priv/img", "v1", &img);
+    *reg.bearer.lock().unwrap() = Some("helper-user:helper-pass".into());
+    let r = format!("{}/priv/img:v1", reg.addr);
+    // A docker-credential-* helper on PATH that answers for our registry only.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let helper = bin.join("docker-credential-nsruntest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread url\nif [ \"$url\" = \"{}\" ]; then\n  echo '{{\"ServerURL\":\"'$url'\",\"Username\":\"helper-user\",\"Secret\":\"helper-pass\"}}'\nelse\n  echo 'credentials not found in native keychain'; exit 1\nfi\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for (i, config) in [
+        r#"{"credsStore":"nsruntest"}"#.to_string(),
+        format!(r#"{{"credHelpers":{{"{}":"nsruntest"}}}}"#, reg.addr),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let cfg_dir = tmp.path().join(format!("docker{i}"));
+        std::fs::create_dir(&cfg_dir).unwrap();
+        std::fs::write(cfg_dir.join("config.json"), config).unwrap();
+        let root = tmp.path().join(format!("cache{i}"));
+        let o = nsrun(&root, &["pull", "-q", &r])
+            .env("DOCKER_CONFIG", &cfg_dir)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{config}: {}", text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), img.digest());
+    }
+    // Without the helper's answer the registry refuses, and says what to do.
+    let o = run(&tmp.path().join("cache-anon"), &["pull", "-q", &r]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(text(&o).contains("--creds"), "{}", text(&o));
+}
