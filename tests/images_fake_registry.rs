@@ -556,7 +556,7 @@ async fn oci_layout_and_docker_archive_sources() {
         &["/bin/sh"],
     );
     let archive = tmp.path().join("saved.tar");
-    write_docker_archive(&archive, &dimg, "saved:latest");
+    write_docker_archive(&archive, &dimg, "saved:latest", false);
     let src = format!("docker-archive:{}", archive.display());
     let got = s.pull(&src, &opts()).await.unwrap();
     assert!(!got.rootfs[0].join("etc/os-release").exists());
@@ -565,6 +565,31 @@ async fn oci_layout_and_docker_archive_sources() {
         b"o"
     );
     assert_eq!(s.lookup(&src, &opts()).unwrap().unwrap().digest, got.digest);
+    // Docker 25+ names members by digest; same image, same synthesised manifest, same entry.
+    let archive2 = tmp.path().join("saved-oci.tar");
+    write_docker_archive(&archive2, &dimg, "saved:latest", true);
+    let got2 = s
+        .pull(&format!("docker-archive:{}", archive2.display()), &opts())
+        .await
+        .unwrap();
+    assert_eq!(got2.digest, got.digest);
+    // A layer that does not match the config's diff_id is refused.
+    let mut bad = dimg.clone();
+    let mut t = Tar::new();
+    t.file("evil", b"x");
+    bad.layers[1].0 = t.finish();
+    let archive3 = tmp.path().join("saved-bad.tar");
+    write_docker_archive(&archive3, &bad, "bad:latest", false);
+    let (_t3, s3) = store();
+    let err = s3
+        .pull(&format!("docker-archive:{}", archive3.display()), &opts())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("verification failed") || err.to_string().contains("digest"),
+        "{err}"
+    );
+    assert_nothing_installed(&s3);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -252,7 +252,8 @@ pub fn write_oci_layout(
 }
 
 /// Writes a legacy `docker save` tarball of `img` (whose layers must be uncompressed tars).
-pub fn write_docker_archive(path: &Path, img: &Image, tag: &str) {
+/// With `content_addressed`, members are named as Docker 25+ writes them (`blobs/sha256/<hex>`).
+pub fn write_docker_archive(path: &Path, img: &Image, tag: &str, content_addressed: bool) {
     let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
     let mut add = |name: &str, data: &[u8]| {
         let mut h = tar::Header::new_ustar();
@@ -261,11 +262,19 @@ pub fn write_docker_archive(path: &Path, img: &Image, tag: &str) {
         h.set_entry_type(tar::EntryType::Regular);
         b.append_data(&mut h, name, data).unwrap();
     };
-    let cfg_name = format!("{}.json", &sha256(&img.config)[7..]);
+    let cfg_name = if content_addressed {
+        format!("blobs/sha256/{}", &sha256(&img.config)[7..])
+    } else {
+        format!("{}.json", &sha256(&img.config)[7..])
+    };
     add(&cfg_name, &img.config);
     let mut layer_names = Vec::new();
     for (i, (l, _)) in img.layers.iter().enumerate() {
-        let n = format!("layer{i}/layer.tar");
+        let n = if content_addressed {
+            format!("blobs/sha256/{}", &sha256(l)[7..])
+        } else {
+            format!("layer{i}/layer.tar")
+        };
         add(&n, l);
         layer_names.push(n);
     }
