@@ -20,8 +20,13 @@ fn main() {
     let t = Instant::now();
     for _ in 0..n {
         let s = Store::open(Path::new(&args[1])).expect("open cache");
-        s.lookup(&args[2], &opts).expect("lookup").expect("image is cached");
+        s.lookup(&args[2], &opts)
+            .expect("lookup")
+            .expect("image is cached");
     }
     let per = t.elapsed().as_secs_f64() / n as f64;
-    println!("Store::open + lookup: {:.1} us per call ({n} calls)", per * 1e6);
+    println!(
+        "Store::open + lookup: {:.1} us per call ({n} calls)",
+        per * 1e6
+    );
 }
