@@ -8,7 +8,11 @@ use nsrun::sandbox::idmap::UsernsMode;
 use nsrun::sandbox::seccomp::SeccompSource;
 use nsrun::sandbox::{self, parse_size, BindMount, Network, SandboxSpec, Stdio, TmpfsMount};
 
+use super::image::ImageOpts;
 use super::Failure;
+use nsrun::registry::manifest::ImageConfig;
+use nsrun::sandbox::idmap::{image_ownership, Caller};
+use nsrun::store::Store;
 
 /// Flags follow `docker run` where Docker has one.
 #[derive(Debug, clap::Args)]
@@ -95,9 +99,11 @@ pub struct RunArgs {
     /// Accepted for Docker compatibility: nothing of a run is ever kept.
     #[arg(long)]
     pub rm: bool,
-    /// Directory for nsrun's state and image cache (default: see README).
-    #[arg(long, value_name = "DIR", env = "NSRUN_ROOT")]
-    pub root: Option<PathBuf>,
+    /// Override the image's entrypoint ("" clears it).
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+    #[command(flatten)]
+    pub images: ImageOpts,
     /// The image to run (with --rootfs: the command).
     #[arg(value_name = "IMAGE")]
     pub image: Option<String>,
@@ -115,19 +121,7 @@ pub fn spec(a: &RunArgs) -> Result<SandboxSpec, Failure> {
     if a.tty {
         return Err(Failure::usage("--tty is not supported yet; run without -t"));
     }
-    let Some(rootfs) = &a.rootfs else {
-        return Err(Failure::usage(
-            "no rootfs: pass --rootfs DIR (images arrive with `nsrun pull`)",
-        ));
-    };
-    // With --rootfs there is no image: the first positional is the command.
-    let args: Vec<String> = a.image.iter().chain(&a.args).cloned().collect();
-    let mut s = SandboxSpec::new(rootfs.clone(), args);
-    if s.args.is_empty() {
-        return Err(Failure::usage(
-            "no command given: nsrun run --rootfs DIR -- CMD [ARG...]",
-        ));
-    }
+    let mut s = SandboxSpec::new(PathBuf::new(), Vec::<String>::new());
     for file in &a.env_file {
         let text = std::fs::read_to_string(file)
             .map_err(|e| Failure::usage(format!("--env-file {}: {e}", file.display())))?;
@@ -191,20 +185,70 @@ pub fn spec(a: &RunArgs) -> Result<SandboxSpec, Failure> {
             }
         }
     }
-    s.state_dir = Some(a.root.clone().unwrap_or_else(default_state_dir));
+    s.state_dir = Some(a.images.root.clone().unwrap_or_else(Store::default_root));
+
+    // Last, once every flag is known to be good: find (or pull) the image.
+    let (config, user_args) = match &a.rootfs {
+        // With --rootfs there is no image: the first positional is the command.
+        Some(dir) => {
+            s.rootfs = vec![dir.clone()];
+            (
+                ImageConfig::default(),
+                a.image.iter().chain(&a.args).cloned().collect(),
+            )
+        }
+        None => {
+            let Some(reference) = &a.image else {
+                return Err(Failure::usage(
+                    "no image given: nsrun run [OPTIONS] IMAGE [CMD...] (or --rootfs DIR)",
+                ));
+            };
+            let image = a
+                .images
+                .ensure_image(reference, image_ownership(Caller::current(), a.uid_base))?;
+            s.rootfs = image.rootfs;
+            (image.config, a.args.clone())
+        }
+    };
+    s.args = command(&config, a.entrypoint.as_deref(), user_args)?;
+    // The image's environment comes first: -e and --env-file override it.
+    s.env = config.env.iter().cloned().chain(s.env).collect();
+    s.cwd = s
+        .cwd
+        .or_else(|| config.working_dir.clone().filter(|w| !w.is_empty()));
+    s.user = s
+        .user
+        .or_else(|| config.user.clone().filter(|u| !u.is_empty()));
     Ok(s)
 }
 
-/// Where nsrun keeps its state when no `--root` is given: `NSRUN_ROOT`'s default.
-fn default_state_dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/nsrun");
+/// The command line as Docker builds it: the entrypoint (the image's, or `--entrypoint`), then
+/// the user's arguments, or the image's Cmd when there are none. `--entrypoint` also drops the
+/// image's Cmd.
+fn command(
+    config: &ImageConfig,
+    entrypoint: Option<&str>,
+    user_args: Vec<String>,
+) -> Result<Vec<String>, Failure> {
+    let (entry, cmd) = match entrypoint {
+        Some("") => (Vec::new(), user_args),
+        Some(e) => (vec![e.to_string()], user_args),
+        None => {
+            let cmd = if user_args.is_empty() {
+                config.cmd.clone().unwrap_or_default()
+            } else {
+                user_args
+            };
+            (config.entrypoint.clone().unwrap_or_default(), cmd)
+        }
+    };
+    let args: Vec<String> = entry.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(Failure::usage(
+            "no command specified: the image has no Entrypoint or Cmd; give one after the image",
+        ));
     }
-    std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("nsrun")
+    Ok(args)
 }
 
 fn push_env(env: &mut Vec<String>, item: &str) {

@@ -104,6 +104,26 @@ pub enum IdmapError {
     },
 }
 
+/// Who should own the files of an image unpacked for `caller`, so that they show inside the
+/// container with the ids the image gave them: shifted into the dedicated range as root (base
+/// `root_base`, default [`DEFAULT_ROOT_ID_BASE`]), squashed to the caller otherwise (the caller
+/// is container root in both rootless mappings).
+pub fn image_ownership(caller: Caller, root_base: Option<u32>) -> Ownership {
+    if caller.uid == 0 {
+        let base = root_base.unwrap_or(DEFAULT_ROOT_ID_BASE);
+        Ownership::Shift {
+            uid_base: base,
+            gid_base: base,
+            size: RANGE_SIZE,
+        }
+    } else {
+        Ownership::Squash {
+            uid: caller.uid,
+            gid: caller.gid,
+        }
+    }
+}
+
 /// One line of a `uid_map`/`gid_map`: `inside outside count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Extent {

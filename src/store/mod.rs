@@ -59,7 +59,7 @@ use crate::unpack::{self, Limits, UnpackError, Unpacker};
 use local::LayerFile;
 
 /// The first host id of the range container ids map to when nsrun runs as root.
-pub const ROOT_ID_BASE: u32 = 1_000_000_000;
+pub const ROOT_ID_BASE: u32 = crate::sandbox::idmap::DEFAULT_ROOT_ID_BASE;
 
 /// Why a cache operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -168,19 +168,7 @@ impl PullOptions {
 
 /// Squash to the caller when unprivileged; shift into [`ROOT_ID_BASE`]..+65536 as root.
 pub fn default_ownership() -> Ownership {
-    let euid = nix::unistd::geteuid().as_raw();
-    if euid == 0 {
-        Ownership::Shift {
-            uid_base: ROOT_ID_BASE,
-            gid_base: ROOT_ID_BASE,
-            size: 65536,
-        }
-    } else {
-        Ownership::Squash {
-            uid: euid,
-            gid: nix::unistd::getegid().as_raw(),
-        }
-    }
+    crate::sandbox::idmap::image_ownership(crate::sandbox::idmap::Caller::current(), None)
 }
 
 /// The part of the cache key that says who owns the files.
