@@ -112,7 +112,6 @@ impl ImageOpts {
 
     /// `lookup` without a runtime; a runtime only when the policy says to pull. `--pull`
     /// defaults to `missing` here, as for `docker run`.
-    #[allow(dead_code)] // for `run IMAGE`, which the sandbox side wires
     pub fn ensure_image(
         &self,
         reference: &str,
