@@ -125,6 +125,8 @@ pub struct Unpacker {
     dirs: HashMap<PathBuf, (u32, u64)>,
     /// The last parent directory opened: consecutive entries mostly share one.
     parent_cache: Option<(PathBuf, Rc<OwnedFd>)>,
+    /// One copy buffer for all files (a fresh 128 KiB buffer per file costs an mmap/munmap each).
+    buf: Vec<u8>,
 }
 
 /// Compression of a layer blob, recognised by its magic bytes (registries do not always label
@@ -199,6 +201,21 @@ impl Read for ChannelReader {
         buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+/// Copies `r` to `w` through `buf`; returns the bytes copied.
+fn copy_with(r: &mut impl Read, w: &mut impl Write, buf: &mut [u8]) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
     }
 }
 
@@ -282,6 +299,7 @@ impl Unpacker {
             stats: UnpackStats::default(),
             dirs: HashMap::new(),
             parent_cache: None,
+            buf: vec![0; 256 * 1024],
         })
     }
 
@@ -447,17 +465,13 @@ impl Unpacker {
                     let fd = fd.0;
                     let mut file = std::fs::File::from(fd);
                     let size = entry.size();
-                    {
-                        let mut w = io::BufWriter::with_capacity(128 * 1024, &mut file);
-                        let copied = io::copy(&mut (&mut entry).take(size), &mut w)
-                            .and_then(|n| w.flush().map(|()| n))
-                            .map_err(|source| self.write_error(&display, source))?;
-                        if copied != size {
-                            return Err(UnpackError::Tar(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                format!("entry {display:?} is truncated: {copied} of {size} bytes"),
-                            )));
-                        }
+                    let copied = copy_with(&mut (&mut entry).take(size), &mut file, &mut self.buf)
+                        .map_err(|source| self.write_error(&display, source))?;
+                    if copied != size {
+                        return Err(UnpackError::Tar(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("entry {display:?} is truncated: {copied} of {size} bytes"),
+                        )));
                     }
                     if self.chown {
                         nix::unistd::fchown(
