@@ -17,13 +17,26 @@ use nsrun::store::default_ownership;
 use nsrun::unpack::{Limits, Unpacker};
 
 fn du_apparent(p: &Path) -> u64 {
+    du_unique(p, &mut std::collections::HashSet::new())
+}
+
+/// Disk blocks under `p`, counting each inode once (hardlinks are shared storage).
+fn du_unique(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
     let Ok(md) = std::fs::symlink_metadata(p) else {
         return 0;
     };
-    let own = md.blocks() * 512;
+    let own = if seen.insert((md.dev(), md.ino())) {
+        md.blocks() * 512
+    } else {
+        0
+    };
     if md.is_dir() {
         own + std::fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| du_apparent(&e.path())).sum::<u64>())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| du_unique(&e.path(), seen))
+                    .sum::<u64>()
+            })
             .unwrap_or(0)
     } else {
         own
@@ -64,10 +77,14 @@ fn layer_tars(dir: &Path, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn unpack(dest: &Path, layers: &[&Vec<u8>]) -> f64 {
+fn unpack(dest: &Path, layers: &[&Vec<u8>], pool: Option<&Path>) -> f64 {
     std::fs::create_dir_all(dest).unwrap();
     let t = Instant::now();
     let mut u = Unpacker::new(dest, default_ownership(), Limits::default()).unwrap();
+    if let Some(p) = pool {
+        std::fs::create_dir_all(p).unwrap();
+        u.share_files(p, nsrun::store::SHARE_MIN_SIZE).unwrap();
+    }
     for l in layers {
         u.apply_layer(&l[..]).unwrap();
     }
@@ -149,12 +166,24 @@ fn main() {
     let tars = layer_tars(rootfs, n);
     let all: Vec<&Vec<u8>> = tars.iter().collect();
     let flat_dir = work.join("flat");
-    let t_flat = unpack(&flat_dir, &all);
+    let t_flat = unpack(&flat_dir, &all, None);
+    // Flattened with the sharing pool: image A (all layers) and image B (all but the last).
+    let pool = work.join("shared");
+    let t_shared = unpack(&work.join("shared-a"), &all, Some(&pool));
+    unpack(
+        &work.join("shared-b"),
+        &all[..all.len().saturating_sub(1)],
+        Some(&pool),
+    );
+    let mut seen = std::collections::HashSet::new();
+    let d_shared_one = du_unique(&work.join("shared-a"), &mut seen);
+    let d_shared_two =
+        d_shared_one + du_unique(&work.join("shared-b"), &mut seen) + du_unique(&pool, &mut seen);
     let mut t_layers = 0.0;
     let mut layer_dirs = Vec::new();
     for (i, t) in tars.iter().enumerate() {
         let d = work.join(format!("layer{i}"));
-        t_layers += unpack(&d, &[t]);
+        t_layers += unpack(&d, &[t], None);
         layer_dirs.push(d);
     }
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
@@ -167,22 +196,28 @@ fn main() {
         tars.len(),
         mib(tars.iter().map(|t| t.len() as u64).sum())
     );
-    println!("{:<34} {:>12} {:>12}", "", "flattened", "overlay");
+    let d_flat_b = d_flat.saturating_sub(last);
     println!(
-        "{:<34} {:>12.3} {:>12.3}",
-        "unpack time (s)", t_flat, t_layers
+        "{:<34} {:>12} {:>12} {:>12}",
+        "", "flattened", "flat+shared", "overlay"
     );
     println!(
-        "{:<34} {:>12.1} {:>12.1}",
+        "{:<34} {:>12.3} {:>12.3} {:>12.3}",
+        "unpack time (s)", t_flat, t_shared, t_layers
+    );
+    println!(
+        "{:<34} {:>12.1} {:>12.1} {:>12.1}",
         "disk, one image (MiB)",
         mib(d_flat),
+        mib(d_shared_one),
         mib(d_sum)
     );
     println!(
-        "{:<34} {:>12.1} {:>12.1}",
-        "disk, 2 images sharing n-1 layers",
-        mib(2 * d_flat),
-        mib(d_sum + last)
+        "{:<34} {:>12.1} {:>12.1} {:>12.1}",
+        "disk, + image of the first n-1",
+        mib(d_flat + d_flat_b),
+        mib(d_shared_two),
+        mib(d_sum)
     );
     match mount_cost(&flat_dir, &layer_dirs, &work.join("mnt")) {
         Some((bind, overlay)) => println!(

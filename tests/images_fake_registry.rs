@@ -759,3 +759,81 @@ async fn bearer_token_flow_as_on_docker_hub() {
     let got = s2.pull(&r, &o).await.unwrap();
     assert_eq!(got.digest, img.digest());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_sharing_a_base_share_its_big_files() {
+    use std::os::unix::fs::MetadataExt;
+    let reg = FakeRegistry::start();
+    let (_t, s) = store();
+    let big = (0..200_000u32)
+        .flat_map(|i| i.to_le_bytes())
+        .collect::<Vec<u8>>(); // 800 kB
+    let mut base = Tar::new();
+    base.dir("usr")
+        .file("usr/big", &big)
+        .file("usr/small", b"small");
+    let base = base.finish();
+    let mk = |marker: &str| {
+        let mut top = Tar::new();
+        top.file("marker", marker.as_bytes())
+            .file("own-big", &[marker.as_bytes(), &big[..]].concat());
+        let top = top.finish();
+        Image::new(
+            vec![
+                (
+                    gzip(&base),
+                    "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                ),
+                (
+                    gzip(&top),
+                    "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                ),
+            ],
+            &[base.clone(), top],
+            "amd64",
+            false,
+            &["/x"],
+        )
+    };
+    reg.put_image("s/one", "v1", &mk("one"));
+    reg.put_image("s/two", "v1", &mk("two"));
+    let one = s
+        .pull(&format!("{}/s/one:v1", reg.addr), &opts())
+        .await
+        .unwrap();
+    let two = s
+        .pull(&format!("{}/s/two:v1", reg.addr), &opts())
+        .await
+        .unwrap();
+    let ino = |img: &nsrun::store::ResolvedImage, p: &str| {
+        std::fs::metadata(img.rootfs[0].join(p)).unwrap().ino()
+    };
+    assert_eq!(
+        ino(&one, "usr/big"),
+        ino(&two, "usr/big"),
+        "the shared base file is one inode"
+    );
+    assert_ne!(ino(&one, "own-big"), ino(&two, "own-big"));
+    assert_ne!(
+        ino(&one, "usr/small"),
+        ino(&two, "usr/small"),
+        "small files are not worth a link"
+    );
+    assert_eq!(std::fs::read(two.rootfs[0].join("usr/big")).unwrap(), big);
+    // Removing one image keeps the other intact; once both are gone gc releases the pool copies.
+    s.remove(&format!("{}/s/one:v1", reg.addr), &opts())
+        .unwrap();
+    assert_eq!(
+        s.gc().unwrap().shared_files_released,
+        1,
+        "one's own-big is released"
+    );
+    assert_eq!(std::fs::read(two.rootfs[0].join("usr/big")).unwrap(), big);
+    s.remove(&format!("{}/s/two:v1", reg.addr), &opts())
+        .unwrap();
+    assert_eq!(s.gc().unwrap().shared_files_released, 2);
+    assert!(dir_is_empty(&s.root().join(format!(
+        "shared/{}",
+        nsrun::store::ownership_key(&opts().ownership)
+    ))));
+}

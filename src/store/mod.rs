@@ -10,6 +10,9 @@
 //! locks/<key>.lock                     flock per entry: one pull installs, the others wait and reuse
 //! staging/<key>.<pid>.<nanos>/         a pull in progress (blobs/ + rootfs/), renamed into images/
 //! trash/                               entries being deleted (renamed here first, so they vanish at once)
+//! shared/<ownership>/<sha256>-<mode>-<uid>-<gid>-<mtime>
+//!                                      one more link to every file >= 16 KiB: identical files of
+//!                                      different entries are one inode
 //! ```
 //!
 //! ```no_run
@@ -27,9 +30,12 @@
 //!
 //! **Flattened, not overlaid.** Each image is unpacked into one directory (layers applied in
 //! order, whiteouts resolved at unpack time), so the sandbox needs one read-only bind mount and
-//! no overlayfs — which, unprivileged, needs kernel ≥ 5.11, and whose whiteouts are device nodes
-//! or trusted xattrs we cannot create rootless. The cost is disk: two images sharing a base layer
-//! store it twice. The measured figures are in `rootfs-cache/README.md`.
+//! no overlayfs — which, unprivileged, needs kernel >= 5.11, is often refused inside a worker's own
+//! container, and whose whiteouts are device nodes or trusted xattrs we cannot create rootless.
+//! What layers share, entries share anyway: every file of at least [`SHARE_MIN_SIZE`] is
+//! hardlinked to one copy in `shared/` (same content, mode, owner and mtime, same ownership key),
+//! so two images on one base store its big files once. The measured figures are in
+//! `rootfs-cache/README.md`.
 //!
 //! **Crash safety.** Nothing is visible until the rename of a complete staging directory; a pull
 //! killed at any point leaves only a staging directory, removed by the next pull of the same entry
@@ -57,6 +63,10 @@ use crate::registry::{RegistryClient, RegistryError, RegistryOptions};
 use crate::sandbox::idmap::Ownership;
 use crate::unpack::{self, Limits, UnpackError, Unpacker};
 use local::LayerFile;
+
+/// Files at least this big are shared between entries through hardlinks (smaller ones cost more
+/// in link syscalls than they save in disk).
+pub const SHARE_MIN_SIZE: u64 = 16 * 1024;
 
 /// The first host id of the range container ids map to when nsrun runs as root.
 pub const ROOT_ID_BASE: u32 = crate::sandbox::idmap::DEFAULT_ROOT_ID_BASE;
@@ -216,6 +226,9 @@ pub struct EntryMeta {
     pub layers: usize,
     pub created: Option<String>,
     pub installed: u64,
+    /// Bytes of this entry stored once with other entries (hardlinked files).
+    #[serde(default)]
+    pub shared_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -247,6 +260,8 @@ pub struct GcReport {
     pub entries: Vec<String>,
     pub staging: Vec<String>,
     pub broken: Vec<String>,
+    /// Files of the sharing pool that no entry used any more.
+    pub shared_files_released: u64,
 }
 
 /// The cache.
@@ -542,6 +557,7 @@ impl Store {
             layers: plan.manifest.layers.len(),
             created: config.created.clone(),
             installed: now(),
+            shared_bytes: stats.shared_bytes,
         };
         let meta_bytes =
             serde_json::to_vec_pretty(&meta).expect("serialising entry.json cannot fail");
@@ -630,6 +646,7 @@ impl Store {
         let limits = opts.limits;
         let canonical = canonical.to_string();
         let prog = layers_progress.clone();
+        let pool = self.pool_dir(&ownership)?;
         let result =
             tokio::task::spawn_blocking(move || -> Result<unpack::UnpackStats, StoreError> {
                 let uerr = |layer: &str, source| StoreError::Unpack {
@@ -639,6 +656,9 @@ impl Store {
                 };
                 let mut unpacker =
                     Unpacker::new(&rootfs, ownership, limits).map_err(|e| uerr("-", e))?;
+                unpacker
+                    .share_files(&pool, SHARE_MIN_SIZE)
+                    .map_err(|e| uerr("-", e))?;
                 let mut ready: HashMap<usize, Result<LayerFile, StoreError>> = HashMap::new();
                 for (i, desc) in descs.iter().enumerate().take(n) {
                     let lf = loop {
@@ -693,6 +713,40 @@ impl Store {
         downloads.abort_all();
         while downloads.join_next().await.is_some() {}
         result
+    }
+
+    /// Where identical files of entries with this ownership are shared (see
+    /// [`Unpacker::share_files`]).
+    fn pool_dir(&self, ownership: &Ownership) -> Result<PathBuf, StoreError> {
+        let p = self.root.join("shared").join(ownership_key(ownership));
+        std::fs::create_dir_all(&p).map_err(|e| StoreError::io(&p, "mkdir", e))?;
+        Ok(p)
+    }
+
+    /// Removes pool files no entry links to any more.
+    fn clean_pool(&self) -> Result<u64, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut removed = 0;
+        let shared = self.root.join("shared");
+        let Ok(owners) = std::fs::read_dir(&shared) else {
+            return Ok(0);
+        };
+        for owner in owners.flatten() {
+            let Ok(files) = std::fs::read_dir(owner.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let p = f.path();
+                // Only this link left: nobody shares it. A pull adding a link right now makes
+                // the unlink harmless (its own link keeps the data).
+                if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && m.nlink() == 1)
+                    && std::fs::remove_file(&p).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn discard(&self, dir: &Path) -> Result<(), StoreError> {
@@ -971,6 +1025,7 @@ impl Store {
             }
         }
         report.staging = self.clean_staging(None)?;
+        report.shared_files_released = self.clean_pool()?;
         let trash = self.root.join("trash");
         if let Ok(rd) = std::fs::read_dir(&trash) {
             for ent in rd.flatten() {

@@ -41,6 +41,8 @@ use nix::sys::stat::{fchmod, fstatat, mkdirat, mknodat, utimensat, Mode, SFlag, 
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
+use sha2::{Digest, Sha256};
+
 use crate::sandbox::idmap::Ownership;
 
 /// Limits against decompression and entry-count bombs. They apply to a whole image (all layers).
@@ -112,6 +114,10 @@ pub struct UnpackStats {
     pub setid_stripped: u64,
     /// Device nodes skipped (paths).
     pub devices_skipped: Vec<String>,
+    /// Files replaced by a hardlink to an identical file already in the sharing pool, and their
+    /// bytes (see [`Unpacker::share_files`]).
+    pub shared_files: u64,
+    pub shared_bytes: u64,
 }
 
 /// Builds a root filesystem from layers applied in order (bottom first).
@@ -127,6 +133,8 @@ pub struct Unpacker {
     parent_cache: Option<(PathBuf, Rc<OwnedFd>)>,
     /// One copy buffer for all files (a fresh 128 KiB buffer per file costs an mmap/munmap each).
     buf: Vec<u8>,
+    /// Sharing pool directory and the smallest file worth sharing.
+    pool: Option<(OwnedFd, u64)>,
 }
 
 /// Compression of a layer blob, recognised by its magic bytes (registries do not always label
@@ -205,7 +213,12 @@ impl Read for ChannelReader {
 }
 
 /// Copies `r` to `w` through `buf`; returns the bytes copied.
-fn copy_with(r: &mut impl Read, w: &mut impl Write, buf: &mut [u8]) -> io::Result<u64> {
+fn copy_with(
+    r: &mut impl Read,
+    w: &mut impl Write,
+    buf: &mut [u8],
+    mut hasher: Option<&mut Sha256>,
+) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
         let n = match r.read(buf) {
@@ -215,6 +228,9 @@ fn copy_with(r: &mut impl Read, w: &mut impl Write, buf: &mut [u8]) -> io::Resul
             Err(e) => return Err(e),
         };
         w.write_all(&buf[..n])?;
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
         total += n as u64;
     }
 }
@@ -300,7 +316,27 @@ impl Unpacker {
             dirs: HashMap::new(),
             parent_cache: None,
             buf: vec![0; 256 * 1024],
+            pool: None,
         })
+    }
+
+    /// Shares regular files of at least `min_size` bytes with other roots unpacked with the same
+    /// pool (which must be on the same filesystem and hold files of the same ownership): a file
+    /// whose content, mode, owner and mtime are already in `pool` becomes a hardlink to that
+    /// copy; a new one is added to the pool. Cache entries are immutable, so identical files may
+    /// be one inode; this is how flattened images still share what their layers have in common.
+    pub fn share_files(&mut self, pool: &Path, min_size: u64) -> Result<(), UnpackError> {
+        let fd = nix::fcntl::open(
+            pool,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|source| UnpackError::OpenRoot {
+            path: pool.to_path_buf(),
+            source,
+        })?;
+        self.pool = Some((fd, min_size.max(1)));
+        Ok(())
     }
 
     /// Applies one layer, compressed or not (sniffed), on top of what is already unpacked.
@@ -465,8 +501,17 @@ impl Unpacker {
                     let fd = fd.0;
                     let mut file = std::fs::File::from(fd);
                     let size = entry.size();
-                    let copied = copy_with(&mut (&mut entry).take(size), &mut file, &mut self.buf)
-                        .map_err(|source| self.write_error(&display, source))?;
+                    let mut hasher = match &self.pool {
+                        Some((_, min)) if size >= *min => Some(Sha256::new()),
+                        _ => None,
+                    };
+                    let copied = copy_with(
+                        &mut (&mut entry).take(size),
+                        &mut file,
+                        &mut self.buf,
+                        hasher.as_mut(),
+                    )
+                    .map_err(|source| self.write_error(&display, source))?;
                     if copied != size {
                         return Err(UnpackError::Tar(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -486,6 +531,17 @@ impl Unpacker {
                     let t = TimeSpec::new(mtime as i64, 0);
                     nix::sys::stat::futimens(&file, &t, &t)
                         .map_err(|e| sys(&display, "futimens", e))?;
+                    drop(file);
+                    if let Some(h) = hasher {
+                        let key = format!(
+                            "{}-{mode:o}-{huid}-{hgid}-{mtime}",
+                            hex::encode(h.finalize())
+                        );
+                        if self.share(&parent, &name, &key, &display)? {
+                            self.stats.shared_files += 1;
+                            self.stats.shared_bytes += size;
+                        }
+                    }
                 }
                 T::Symlink => {
                     let target = entry
@@ -607,6 +663,40 @@ impl Unpacker {
             nix::sys::stat::futimens(&fd, &t, &t).map_err(|e| sys(&display, "futimens", e))?;
         }
         Ok(self.stats)
+    }
+
+    /// Replaces `name` by a hardlink to the pool's copy of `key`, or adds it to the pool.
+    /// Returns whether it now shares an inode with an earlier file.
+    fn share(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        key: &str,
+        display: &str,
+    ) -> Result<bool, UnpackError> {
+        let Some((pool, _)) = &self.pool else {
+            return Ok(false);
+        };
+        const TMP: &str = ".nsrun-share.tmp";
+        match linkat(pool, key, parent, TMP, AtFlags::empty()) {
+            Ok(()) => {
+                if let Err(e) = nix::fcntl::renameat(parent, TMP, parent, name) {
+                    let _ = unlinkat(parent, TMP, UnlinkatFlags::NoRemoveDir);
+                    return Err(sys(display, "renameat", e));
+                }
+                Ok(true)
+            }
+            Err(Errno::ENOENT) => {
+                // First of its kind: publish it. Losing a race to another pull is fine.
+                match linkat(parent, name, pool, key, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::EEXIST) | Err(Errno::EMLINK) => Ok(false),
+                    Err(e) => Err(sys(display, "linkat (share)", e)),
+                }
+            }
+            // Too many links already, or the layer has a file of our temporary name: keep the copy.
+            Err(Errno::EMLINK) | Err(Errno::EEXIST) => Ok(false),
+            Err(e) => Err(sys(display, "linkat (share)", e)),
+        }
     }
 
     fn write_error(&self, display: &str, source: io::Error) -> UnpackError {
