@@ -140,6 +140,13 @@ impl ImageOpts {
     }
 }
 
+/// The ownership `run` would use (`NSRUN_UID_BASE` moves root's range), so that what `pull`
+/// installs is what `run` finds.
+fn ownership() -> Ownership {
+    let base = std::env::var("NSRUN_UID_BASE").ok().and_then(|v| v.parse().ok());
+    nsrun::sandbox::idmap::image_ownership(nsrun::sandbox::idmap::Caller::current(), base)
+}
+
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -163,7 +170,7 @@ pub struct PullArgs {
 }
 
 pub fn pull(a: PullArgs) -> Result<i32, Failure> {
-    let mut opts = a.image.pull_options(store::default_ownership())?;
+    let mut opts = a.image.pull_options(ownership())?;
     opts.progress = !a.quiet;
     // `nsrun pull` re-resolves the reference unless told otherwise, as `docker pull` does.
     let policy = a.image.pull.unwrap_or(PullPolicy::Always);
@@ -265,7 +272,7 @@ pub struct InspectArgs {
 
 pub fn inspect(a: InspectArgs) -> Result<i32, Failure> {
     let s = a.image.store()?;
-    let opts = a.image.pull_options(store::default_ownership())?;
+    let opts = a.image.pull_options(ownership())?;
     let j = s.inspect(&a.reference, &opts).map_err(fail)?;
     println!("{}", serde_json::to_string_pretty(&j).map_err(fail)?);
     Ok(0)
@@ -283,7 +290,7 @@ pub struct RmiArgs {
 
 pub fn rmi(a: RmiArgs) -> Result<i32, Failure> {
     let s = a.image.store()?;
-    let opts = a.image.pull_options(store::default_ownership())?;
+    let opts = a.image.pull_options(ownership())?;
     for r in &a.references {
         let removed = s.remove(r, &opts).map_err(fail)?;
         println!("Untagged: {r}");
