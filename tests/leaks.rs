@@ -13,6 +13,38 @@ struct HostState {
     fds: usize,
     children: usize,
     tmp: Vec<String>,
+    cgroups: Vec<String>,
+}
+
+/// Run cgroups below ours, in every hierarchy: `<our cgroup>/nsrun/<run id>`.
+fn run_cgroups() -> Vec<String> {
+    let mut out = Vec::new();
+    for line in std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+    {
+        let mut f = line.splitn(3, ':');
+        let (_, controllers, path) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        let mount = if controllers.is_empty() {
+            "unified".to_string()
+        } else {
+            controllers.replace("name=", "")
+        };
+        let dir = std::path::Path::new("/sys/fs/cgroup")
+            .join(mount)
+            .join(path.trim_start_matches('/'))
+            .join("nsrun");
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            out.extend(
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path().display().to_string()),
+            );
+        }
+    }
+    out.sort();
+    out
 }
 
 fn host_state() -> HostState {
@@ -52,6 +84,7 @@ fn host_state() -> HostState {
         fds: std::fs::read_dir("/proc/self/fd").unwrap().count(),
         children,
         tmp,
+        cgroups: run_cgroups(),
     }
 }
 
@@ -70,6 +103,11 @@ fn two_hundred_sequential_runs_leave_nothing_behind() {
     let spec = |i: usize| {
         let mut s = SandboxSpec::new(rootfs(), ["/bin/sh", "-c", "echo $0", &i.to_string()]);
         s.tmpfs.push("/scratch:1m".parse().unwrap());
+        // Every tenth run with limits: a cgroup of its own as root, rlimits rootless.
+        if i % 10 == 0 {
+            s.limits.pids = Some(64);
+            s.limits.memory = Some(64 << 20);
+        }
         s
     };
     // One run first, so that lazily created process-wide state (tokio's reaper pipe) exists.
