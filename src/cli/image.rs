@@ -143,7 +143,9 @@ impl ImageOpts {
 /// The ownership `run` would use (`NSRUN_UID_BASE` moves root's range), so that what `pull`
 /// installs is what `run` finds.
 fn ownership() -> Ownership {
-    let base = std::env::var("NSRUN_UID_BASE").ok().and_then(|v| v.parse().ok());
+    let base = std::env::var("NSRUN_UID_BASE")
+        .ok()
+        .and_then(|v| v.parse().ok());
     nsrun::sandbox::idmap::image_ownership(nsrun::sandbox::idmap::Caller::current(), base)
 }
 
