@@ -12,7 +12,7 @@ use super::image::ImageOpts;
 use super::Failure;
 use nsrun::registry::manifest::ImageConfig;
 use nsrun::sandbox::idmap::{image_ownership, Caller};
-use nsrun::store::Store;
+use nsrun::store::{ImageHold, Store};
 
 /// Flags follow `docker run` where Docker has one.
 #[derive(Debug, clap::Args)]
@@ -117,7 +117,8 @@ pub struct RunArgs {
 }
 
 /// Turns the flags into a spec. Every flag value is checked here, before anything is created.
-pub fn spec(a: &RunArgs) -> Result<SandboxSpec, Failure> {
+/// Also returns the hold on the image's cache entry, which must live as long as the run.
+pub fn spec(a: &RunArgs) -> Result<(SandboxSpec, Option<ImageHold>), Failure> {
     if a.tty {
         return Err(Failure::usage("--tty is not supported yet; run without -t"));
     }
@@ -188,6 +189,7 @@ pub fn spec(a: &RunArgs) -> Result<SandboxSpec, Failure> {
     s.state_dir = Some(a.images.root.clone().unwrap_or_else(Store::default_root));
 
     // Last, once every flag is known to be good: find (or pull) the image.
+    let mut hold = None;
     let (config, user_args) = match &a.rootfs {
         // With --rootfs there is no image: the first positional is the command.
         Some(dir) => {
@@ -206,43 +208,44 @@ pub fn spec(a: &RunArgs) -> Result<SandboxSpec, Failure> {
             let image = a
                 .images
                 .ensure_image(reference, image_ownership(Caller::current(), a.uid_base))?;
+            // So that no `nsrun rmi` or `gc` removes it under the running tool.
+            hold = Some(
+                a.images
+                    .store()?
+                    .hold(&image)
+                    .map_err(|e| Failure::usage(e.to_string()))?,
+            );
             s.rootfs = image.rootfs;
             (image.config, a.args.clone())
         }
     };
-    s.args = command(&config, a.entrypoint.as_deref(), user_args)?;
+    s.args = command(&config, a.entrypoint.as_deref(), &user_args)?;
     // The image's environment comes first: -e and --env-file override it.
-    s.env = config.env.iter().cloned().chain(s.env).collect();
+    s.env = config.env_with(&s.env);
     s.cwd = s
         .cwd
         .or_else(|| config.working_dir.clone().filter(|w| !w.is_empty()));
     s.user = s
         .user
         .or_else(|| config.user.clone().filter(|u| !u.is_empty()));
-    Ok(s)
+    Ok((s, hold))
 }
 
-/// The command line as Docker builds it: the entrypoint (the image's, or `--entrypoint`), then
-/// the user's arguments, or the image's Cmd when there are none. `--entrypoint` also drops the
-/// image's Cmd.
+/// The command line as Docker builds it (see [`ImageConfig::argv`]); `--entrypoint ""` clears
+/// the entrypoint.
 fn command(
     config: &ImageConfig,
     entrypoint: Option<&str>,
-    user_args: Vec<String>,
+    user_args: &[String],
 ) -> Result<Vec<String>, Failure> {
-    let (entry, cmd) = match entrypoint {
-        Some("") => (Vec::new(), user_args),
-        Some(e) => (vec![e.to_string()], user_args),
-        None => {
-            let cmd = if user_args.is_empty() {
-                config.cmd.clone().unwrap_or_default()
-            } else {
-                user_args
-            };
-            (config.entrypoint.clone().unwrap_or_default(), cmd)
+    let entrypoint: Option<Vec<String>> = entrypoint.map(|e| {
+        if e.is_empty() {
+            Vec::new()
+        } else {
+            vec![e.to_string()]
         }
-    };
-    let args: Vec<String> = entry.into_iter().chain(cmd).collect();
+    });
+    let args = config.argv(entrypoint.as_deref(), user_args);
     if args.is_empty() {
         return Err(Failure::usage(
             "no command specified: the image has no Entrypoint or Cmd; give one after the image",
@@ -295,7 +298,7 @@ fn limits(a: &RunArgs) -> Result<Limits, Failure> {
 
 /// `nsrun run`: returns the exit status nsrun should leave with.
 pub fn main(a: RunArgs) -> Result<i32, Failure> {
-    let spec = spec(&a)?;
+    let (spec, _hold) = spec(&a)?;
     let outcome = sandbox::run(&spec, Stdio::default(), None).map_err(|e| Failure {
         code: e.exit_code(),
         message: e.to_string(),
