@@ -15,6 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{assert_code, is_root, stderr, stdout};
+use confine_common::{assert_default_profile, table};
 
 /// `nsrun run --rootfs R -v PROBE:/probe:ro FLAGS -- /probe ARGS`.
 fn probe_run(flags: &[&str], args: &[&str]) -> Output {
@@ -36,13 +37,6 @@ fn probe_run_on(rootfs: &Path, flags: &[&str], args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("start nsrun")
-}
-
-fn table(out: &str) -> BTreeMap<String, String> {
-    out.lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
 }
 
 #[test]
@@ -107,17 +101,7 @@ fn syscall_probe_sees_the_default_profile() {
     let o = probe_run(&[], &["syscalls"]);
     assert_code(&o, 0);
     let out = stdout(&o);
-    let t = table(&out);
-    assert_eq!(t.len(), 30, "{out}");
-    for (name, errno) in &t {
-        let want = match name.as_str() {
-            "getpid" | "socket_inet" => "0",
-            "mkdir" => "EFAULT",
-            "clone3" => "ENOSYS",
-            _ => "EPERM",
-        };
-        assert_eq!(errno, want, "{name}:\n{out}");
-    }
+    assert_default_profile(&out);
 }
 
 #[test]

@@ -6,8 +6,8 @@
 #[path = "confine_common/mod.rs"]
 mod confine_common;
 use confine_common as common;
+use confine_common::{assert_default_profile, table};
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 
 use nsrun::sandbox::caps::{self, CapSet};
@@ -127,13 +127,6 @@ fn run_confined(
     (String::from_utf8(out).unwrap(), code)
 }
 
-fn table(out: &str) -> BTreeMap<String, String> {
-    out.lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
-}
-
 #[test]
 fn probe_syscalls_under_default_confinement() {
     let caps_set = CapSet::default_set();
@@ -142,17 +135,7 @@ fn probe_syscalls_under_default_confinement() {
         .unwrap();
     let (out, code) = run_confined(caps_set, Some(&f), &[], &["syscalls"]);
     assert_eq!(code, 0, "{out}");
-    let t = table(&out);
-    assert_eq!(t.len(), 30, "{out}");
-    for (name, errno) in &t {
-        let want = match name.as_str() {
-            "getpid" | "socket_inet" => "0",
-            "mkdir" => "EFAULT",
-            "clone3" => "ENOSYS",
-            _ => "EPERM",
-        };
-        assert_eq!(errno, want, "{name}:\n{out}");
-    }
+    assert_default_profile(&out);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Fixtures shared by the confinement tests: the probe binary, the nsrun binary, the rootfs.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -56,5 +57,31 @@ pub fn rootfs() -> Option<PathBuf> {
             eprintln!("skipped: {why}");
             None
         }
+    }
+}
+
+/// The probe's `NAME ERRNO` lines as a map.
+pub fn table(out: &str) -> BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// Asserts that `probe syscalls` saw what the default profile promises: its 30 probes all
+/// refused with EPERM, but for the harmless ones, mkdir reaching the kernel (EFAULT on a bad
+/// pointer) and clone3 answered ENOSYS so that libcs fall back to clone.
+#[track_caller]
+pub fn assert_default_profile(out: &str) {
+    let t = table(out);
+    assert_eq!(t.len(), 30, "{out}");
+    for (name, errno) in &t {
+        let want = match name.as_str() {
+            "getpid" | "socket_inet" => "0",
+            "mkdir" => "EFAULT",
+            "clone3" => "ENOSYS",
+            _ => "EPERM",
+        };
+        assert_eq!(errno, want, "{name}:\n{out}");
     }
 }
