@@ -229,6 +229,9 @@ fn id_mappings_never_map_host_root() {
                 map,
                 "auto uses the subordinate ids when configured"
             );
+            // ... for a tool that starts as root; a non-root tool gets its uid mapped to the
+            // caller, whose files (an image's, squashed) are then its own.
+            assert_eq!(uid_map(&["-u", "1000"]), [(1000, me, 1)]);
         } else {
             assert!(!in_ci(), "CI gives the test user subordinate ids");
             let o = sh(&["--userns", "subid"], "true");

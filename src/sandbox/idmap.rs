@@ -28,7 +28,8 @@ pub const RANGE_SIZE: u32 = 65536;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UsernsMode {
-    /// Root: the dedicated range. Rootless: subordinate ids when configured, else single.
+    /// Root: the dedicated range. Rootless: subordinate ids when configured and the tool starts as
+    /// root, else single.
     #[default]
     Auto,
     /// One id: the caller becomes container root (or the `-u` uid).
@@ -198,7 +199,12 @@ impl IdMap {
                 setgroups: true,
             });
         }
-        if mode != UsernsMode::Single && caller.uid != 0 {
+        // Rootless, the image's files all belong to the caller (see `image_ownership`). With
+        // subordinate ids the caller is container root, so a tool running as another user
+        // (an image's USER, -u) would find its own files owned by root; one id mapped straight
+        // to the tool's uid keeps them its own. The range pays off when the tool starts as root.
+        let auto_range = mode == UsernsMode::Auto && want.0 == 0;
+        if (auto_range || mode == UsernsMode::Subid) && caller.uid != 0 {
             match subid_map(caller, Path::new("/etc/subuid"), Path::new("/etc/subgid")) {
                 Ok(map) => return Ok(map),
                 Err(e) if mode == UsernsMode::Subid => return Err(e),
@@ -467,6 +473,19 @@ mod tests {
         assert!(!m.setgroups);
         assert!(m.check_ids(0, 0).is_err());
         assert_eq!(m.ownership(), Ownership::Squash { uid: 1234, gid: 99 });
+    }
+
+    #[test]
+    fn rootless_auto_maps_a_non_root_tool_to_the_caller() {
+        // Whatever /etc/subuid says: the range is only for tools that start as root.
+        let m = IdMap::decide(
+            UsernsMode::Auto,
+            Caller { uid: 1234, gid: 99 },
+            (1000, 1000),
+            None,
+        )
+        .unwrap();
+        assert_eq!((m.uids.len(), m.host_uid(1000)), (1, Some(1234)));
     }
 
     #[test]
