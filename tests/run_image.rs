@@ -176,15 +176,36 @@ fn an_image_from_an_oci_layout_runs_and_bad_images_fail_cleanly() {
 
     // A bad flag is refused before anything is pulled into the cache.
     let fresh = tempfile::tempdir().unwrap();
-    let o = nsrun_image(fresh.path(), &["--memory", "lots", &src, "true"]);
-    assert_code(&o, 125);
-    let o = Command::new(nsrun_bin())
-        .args(["images", "--root", fresh.path().to_str().unwrap(), "-q"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        stdout(&o),
-        "",
-        "nothing may be pulled for a run that was refused"
-    );
+    let mut bad: Vec<&[&str]> = vec![
+        &["--memory", "lots"],
+        &["--cap-add", "NO_SUCH_CAP"],
+        &["--security-opt", "seccomp=/nonexistent/profile.json"],
+        &["-v", "/nonexistent-source:/x"],
+        &["-w", "relative"],
+        &["-e", "=x"],
+        &["--hostname", ""],
+    ];
+    if is_root() {
+        bad.extend([
+            &["--uid-base", "0"][..],
+            &["--uid-base", "4294967295"],
+            &["--uid-base", "4294967000"],
+        ]);
+    }
+    for flags in bad {
+        let mut args = flags.to_vec();
+        args.extend([src.as_str(), "true"]);
+        let o = nsrun_image(fresh.path(), &args);
+        assert_code(&o, 125);
+        assert_eq!(stderr(&o).lines().count(), 1, "{flags:?}: {}", stderr(&o));
+        let o = Command::new(nsrun_bin())
+            .args(["images", "--root", fresh.path().to_str().unwrap(), "-q"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            stdout(&o),
+            "",
+            "{flags:?}: nothing may be pulled for a run that was refused"
+        );
+    }
 }
