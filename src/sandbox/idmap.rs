@@ -75,12 +75,10 @@ pub enum IdmapError {
     },
     #[error("--userns subid: {0} is not installed (Debian/Ubuntu: apt-get install uidmap)")]
     NoHelper(&'static str),
-    #[error("container uid {0} is not mapped in this user namespace (single-id mode maps only one uid; use --userns subid or run as root)")]
-    UnmappedUid(u32),
-    #[error(
-        "container gid {0} is not mapped in this user namespace (single-id mode maps only one gid)"
-    )]
-    UnmappedGid(u32),
+    #[error("container uid {0} is not mapped: this run's user namespace maps uids {1}")]
+    UnmappedUid(u32, String),
+    #[error("container gid {0} is not mapped: this run's user namespace maps gids {1}")]
+    UnmappedGid(u32, String),
     #[error("--uid-base {base}: the range {base}..{end} must be unprivileged: above 0 and within 32 bits", end = *base as u64 + RANGE_SIZE as u64)]
     BadBase { base: u32 },
     #[error(
@@ -252,8 +250,8 @@ impl IdMap {
 
     /// Checks that the tool's ids exist in the namespace.
     pub fn check_ids(&self, uid: u32, gid: u32) -> Result<(), IdmapError> {
-        self.host_uid(uid).ok_or(IdmapError::UnmappedUid(uid))?;
-        self.host_gid(gid).ok_or(IdmapError::UnmappedGid(gid))?;
+        self.host_uid(uid).ok_or_else(|| IdmapError::UnmappedUid(uid, ranges(&self.uids)))?;
+        self.host_gid(gid).ok_or_else(|| IdmapError::UnmappedGid(gid, ranges(&self.gids)))?;
         Ok(())
     }
 
@@ -304,6 +302,15 @@ fn lookup(extents: &[Extent], id: u32) -> Option<u32> {
         .iter()
         .find(|e| id >= e.inside && id - e.inside < e.count)
         .map(|e| e.outside + (id - e.inside))
+}
+
+/// `0-65535`, `0, 1-65535`: the container ids a map covers, for messages.
+fn ranges(extents: &[Extent]) -> String {
+    let one = |e: &Extent| match e.count {
+        1 => e.inside.to_string(),
+        n => format!("{}-{}", e.inside, e.inside as u64 + n as u64 - 1),
+    };
+    extents.iter().map(one).collect::<Vec<_>>().join(", ")
 }
 
 fn render(extents: &[Extent]) -> String {

@@ -35,6 +35,8 @@ pub enum PlanError {
     BadHostname(String),
     #[error("working directory {0:?} must be an absolute path")]
     BadCwd(String),
+    #[error("--memory {0}: the minimum memory limit is 6 MiB, as in Docker (nsrun's own setup needs some)")]
+    MemoryTooLow(u64),
     #[error("argument or variable contains a NUL byte: {0:?}")]
     Nul(String),
 }
@@ -94,6 +96,7 @@ impl Plan {
         )?;
         idmap.check_ids(ident.uid, ident.gid)?;
         let cwd = working_dir(spec)?;
+        check_limits(spec)?;
         let hostname = spec
             .hostname
             .clone()
@@ -157,6 +160,7 @@ pub fn check(spec: &SandboxSpec) -> Result<(), PlanError> {
         check_env(v)?;
     }
     working_dir(spec)?;
+    check_limits(spec)?;
     if let Some(h) = &spec.hostname {
         check_hostname(h)?;
     }
@@ -169,6 +173,16 @@ pub fn check(spec: &SandboxSpec) -> Result<(), PlanError> {
     }
     IdMap::decide(spec.userns, Caller::current(), (0, 0), spec.root_id_base)?;
     Ok(())
+}
+
+/// Docker's floor for `--memory`: below it the run dies of OOM before the tool starts.
+const MIN_MEMORY: u64 = 6 << 20;
+
+fn check_limits(spec: &SandboxSpec) -> Result<(), PlanError> {
+    match spec.limits.memory {
+        Some(m) if m < MIN_MEMORY => Err(PlanError::MemoryTooLow(m)),
+        _ => Ok(()),
+    }
 }
 
 fn working_dir(spec: &SandboxSpec) -> Result<String, PlanError> {
