@@ -250,8 +250,10 @@ impl IdMap {
 
     /// Checks that the tool's ids exist in the namespace.
     pub fn check_ids(&self, uid: u32, gid: u32) -> Result<(), IdmapError> {
-        self.host_uid(uid).ok_or_else(|| IdmapError::UnmappedUid(uid, ranges(&self.uids)))?;
-        self.host_gid(gid).ok_or_else(|| IdmapError::UnmappedGid(gid, ranges(&self.gids)))?;
+        self.host_uid(uid)
+            .ok_or_else(|| IdmapError::UnmappedUid(uid, ranges(&self.uids)))?;
+        self.host_gid(gid)
+            .ok_or_else(|| IdmapError::UnmappedGid(gid, ranges(&self.gids)))?;
         Ok(())
     }
 
