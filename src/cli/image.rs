@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nsrun::registry::RegistryOptions;
 use nsrun::sandbox::idmap::Ownership;
-use nsrun::store::{self, PullOptions, PullPolicy, ResolvedImage, Store};
+use nsrun::store::{self, ImageHold, PullOptions, PullPolicy, ResolvedImage, Store};
 use nsrun::unpack::Limits;
 
 use super::Failure;
@@ -121,13 +121,44 @@ impl ImageOpts {
         self.ensure_with(reference, &opts, self.pull.unwrap_or(PullPolicy::Missing))
     }
 
+    /// [`ImageOpts::ensure_image`] and a hold on the image's cache entry (see [`Store::hold`]),
+    /// with the store opened once: what `nsrun run IMAGE` needs, so that no `rmi` or `gc`
+    /// removes the image under the running tool. The hold must live as long as the run.
+    // run.rs (the lead's file) switches from ensure_image + store().hold() to this.
+    #[allow(dead_code)]
+    pub fn ensure_held(
+        &self,
+        reference: &str,
+        ownership: Ownership,
+    ) -> Result<(ResolvedImage, ImageHold), Failure> {
+        let opts = self.pull_options(ownership)?;
+        let s = self.store()?;
+        let img = self.ensure_in(
+            &s,
+            reference,
+            &opts,
+            self.pull.unwrap_or(PullPolicy::Missing),
+        )?;
+        let hold = s.hold(&img).map_err(fail)?;
+        Ok((img, hold))
+    }
+
     fn ensure_with(
         &self,
         reference: &str,
         opts: &PullOptions,
         policy: PullPolicy,
     ) -> Result<ResolvedImage, Failure> {
-        let s = self.store()?;
+        self.ensure_in(&self.store()?, reference, opts, policy)
+    }
+
+    fn ensure_in(
+        &self,
+        s: &Store,
+        reference: &str,
+        opts: &PullOptions,
+        policy: PullPolicy,
+    ) -> Result<ResolvedImage, Failure> {
         if policy != PullPolicy::Always {
             if let Some(img) = s.lookup(reference, opts).map_err(fail)? {
                 return Ok(img);
