@@ -404,7 +404,13 @@ impl Store {
             return Ok(None);
         };
         let key = Self::entry_key(&digest, &opts.ownership)?;
-        self.read_entry(&key, &canonical)
+        let found = self.read_entry(&key, &canonical)?;
+        // Without --platform the host's is the key, so an image pulled as it came (say arm64
+        // on an amd64 host) sits under the host platform; an explicit --platform must not run it.
+        if let (Some(_), Some(img)) = (&opts.platform, &found) {
+            check_platform(&canonical, &platform, &img.config)?;
+        }
+        Ok(found)
     }
 
     fn read_entry(&self, key: &str, reference: &str) -> Result<Option<ResolvedImage>, StoreError> {
