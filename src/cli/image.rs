@@ -414,8 +414,7 @@ mod tests {
         let io = opts(&tmp.path().join("cache"), Some(PullPolicy::Never));
         let err = io
             .ensure_held("example.invalid/never:v1", store::default_ownership())
-            .err()
-            .expect("nothing cached, --pull never");
+            .expect_err("nothing cached, --pull never");
         assert_eq!(err.code, 125);
         assert!(err.message.contains("not in the cache"), "{}", err.message);
         assert_eq!(err.message.lines().count(), 1);
