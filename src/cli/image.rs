@@ -110,22 +110,11 @@ impl ImageOpts {
         })
     }
 
-    /// `lookup` without a runtime; a runtime only when the policy says to pull. `--pull`
-    /// defaults to `missing` here, as for `docker run`.
-    pub fn ensure_image(
-        &self,
-        reference: &str,
-        ownership: Ownership,
-    ) -> Result<ResolvedImage, Failure> {
-        let opts = self.pull_options(ownership)?;
-        self.ensure_with(reference, &opts, self.pull.unwrap_or(PullPolicy::Missing))
-    }
-
-    /// [`ImageOpts::ensure_image`] and a hold on the image's cache entry (see [`Store::hold`]),
-    /// with the store opened once: what `nsrun run IMAGE` needs, so that no `rmi` or `gc`
-    /// removes the image under the running tool. The hold must live as long as the run.
-    // run.rs (the lead's file) switches from ensure_image + store().hold() to this.
-    #[allow(dead_code)]
+    /// The image (`lookup` without a runtime; a runtime only when the policy says to pull; `--pull`
+    /// defaults to `missing` here, as for `docker run`) and a hold on its cache entry (see
+    /// [`Store::hold`]), with the store opened once: what `nsrun run IMAGE` needs, so that no
+    /// `rmi` or `gc` removes the image under the running tool. The hold must live as long as
+    /// the run.
     pub fn ensure_held(
         &self,
         reference: &str,

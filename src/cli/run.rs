@@ -206,16 +206,11 @@ pub fn spec(a: &RunArgs) -> Result<(SandboxSpec, Option<ImageHold>), Failure> {
                     "no image given: nsrun run [OPTIONS] IMAGE [CMD...] (or --rootfs DIR)",
                 ));
             };
-            let image = a
+            // Held, so that no `nsrun rmi` or `gc` removes it under the running tool.
+            let (image, held) = a
                 .images
-                .ensure_image(reference, image_ownership(Caller::current(), a.uid_base))?;
-            // So that no `nsrun rmi` or `gc` removes it under the running tool.
-            hold = Some(
-                a.images
-                    .store()?
-                    .hold(&image)
-                    .map_err(|e| Failure::usage(e.to_string()))?,
-            );
+                .ensure_held(reference, image_ownership(Caller::current(), a.uid_base))?;
+            hold = Some(held);
             s.rootfs = image.rootfs;
             (image.config, a.args.clone())
         }
