@@ -7,11 +7,30 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nsrun::sandbox::cgroup::{
-    apply_rlimits, setup, setup_at, setup_explained, Enforcement, Limits, RunCgroup,
+    apply_rlimits, setup, setup_at, setup_explained, sweep, sweep_at, Enforcement, Limits,
+    RunCgroup,
 };
 
 fn read(p: impl AsRef<Path>) -> String {
     std::fs::read_to_string(p.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", p.as_ref().display()))
+}
+
+/// Field 22 of `/proc/<pid>/stat`, the start time that tells a process from a later one with its pid.
+fn start_time(pid: u32) -> u64 {
+    let stat = read(format!("/proc/{pid}/stat"));
+    let after_comm = stat.rsplit_once(')').unwrap().1;
+    after_comm
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The directory name this process's run `run_id` gets: `<pid>-<start time>-<run id>`.
+fn owned(run_id: &str) -> String {
+    let me = std::process::id();
+    format!("{me}-{}-{run_id}", start_time(me))
 }
 
 fn all_limits() -> Limits {
@@ -53,7 +72,7 @@ fn v2_fake_tree_limits_stats_kill_remove() {
             .unwrap()
             .0,
     );
-    let dir = root.join("user.slice/app/nsrun/run1");
+    let dir = root.join("user.slice/app/nsrun").join(owned("run1"));
     assert!(cg.is_v2());
     assert_eq!(cg.v2_dir(), Some(dir.as_path()));
     let fd = cg.v2_dir_fd().unwrap().unwrap();
@@ -133,7 +152,7 @@ fn v2_swap_settings_and_only_needed_controllers() {
             .unwrap()
             .0,
     );
-    let dir = tmp.path().join("user.slice/app/nsrun/a");
+    let dir = tmp.path().join("user.slice/app/nsrun").join(owned("a"));
     assert_eq!(read(dir.join("memory.swap.max")), "max");
     assert!(!dir.join("cpu.max").exists() && !dir.join("pids.max").exists());
     drop(cg);
@@ -221,13 +240,14 @@ fn v1_fake_tree_limits_and_stats() {
         let cg = cgroup(setup_at(root, &proc_text, &limits, "r1").unwrap().0);
         assert!(!cg.is_v2());
         assert!(cg.v2_dir_fd().is_none());
-        let mem = root.join("memory/job/42/nsrun/r1");
+        let r1 = owned("r1");
+        let mem = root.join("memory/job/42/nsrun").join(&r1);
         let cpu = if comount {
-            root.join("cpu,cpuacct/nsrun/r1")
+            root.join("cpu,cpuacct/nsrun").join(&r1)
         } else {
-            root.join("cpu/nsrun/r1")
+            root.join("cpu/nsrun").join(&r1)
         };
-        let pids = root.join("pids/nsrun/r1");
+        let pids = root.join("pids/nsrun").join(&r1);
         assert_eq!(
             read(mem.join("memory.limit_in_bytes")),
             (64u64 << 20).to_string()
@@ -247,7 +267,7 @@ fn v1_fake_tree_limits_and_stats() {
         );
         if !comount {
             assert!(
-                !root.join("cpuacct/nsrun/r1").exists(),
+                !root.join("cpuacct/nsrun").join(&r1).exists(),
                 "no cgroup of its own for cpuacct"
             );
         }
@@ -290,7 +310,7 @@ fn run_id_collisions_and_bad_ids_are_errors() {
     let e = setup_at(tmp.path(), "0::/user.slice/app", &l, "same")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("nsrun/same"), "{e}");
+    assert!(e.contains(&format!("nsrun/{}", owned("same"))), "{e}");
     for bad in ["", "a/b", ".."] {
         assert!(
             setup_at(tmp.path(), "0::/user.slice/app", &l, bad).is_err(),
@@ -368,7 +388,7 @@ fn v1_for_real_limits_pids_and_cleans_up() {
     cg.add_pid(child.id() as i32).unwrap();
     let cgroup_file = read(format!("/proc/{}/cgroup", child.id()));
     assert!(
-        cgroup_file.contains(&format!("nsrun/{}", run_id("pids"))),
+        cgroup_file.contains(&format!("nsrun/{}", owned(&run_id("pids")))),
         "{cgroup_file}"
     );
     release(&mut child);
