@@ -570,3 +570,268 @@ fn dropping_a_cgroup_with_processes_inside_leaves_nothing() {
         assert!(!p.exists(), "{} left behind", p.display());
     }
 }
+
+/// A pid no process has: a child of ours, reaped.
+fn dead_pid() -> u32 {
+    let mut c = Command::new("/bin/true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+/// Fills the `nsrun/` level `base` with run cgroups of a gone owner, of a live one (us), of a
+/// reused pid (ours, with another start time), and with directories nsrun did not name; returns
+/// (the stale ones, the ones to keep).
+fn stale_and_live(base: &Path) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+    let me = std::process::id();
+    let start = start_time(me);
+    let gone = dead_pid();
+    let stale = vec![
+        base.join(format!("{gone}-{start}-deadrun")),
+        base.join(format!("{me}-{}-reused-pid", start + 1)),
+    ];
+    let keep = vec![
+        base.join(owned("live")),
+        base.join("0123456789abcdef"), // a run id alone: no owner to check
+        base.join(format!("x{gone}-{start}-y")),
+    ];
+    for d in stale.iter().chain(&keep) {
+        std::fs::create_dir_all(d).unwrap();
+        // A fake tree's pid list is not the kernel's: nothing may be killed from it.
+        std::fs::write(d.join("cgroup.procs"), format!("{me}\n")).unwrap();
+        std::fs::write(d.join("pids.max"), "5").unwrap();
+    }
+    // Not directories: never touched.
+    std::fs::write(base.join(format!("{gone}-{start}-afile")), "").unwrap();
+    std::os::unix::fs::symlink(&keep[0], base.join(format!("{gone}-{start}-alink"))).unwrap();
+    (stale, keep)
+}
+
+fn sorted(mut v: Vec<std::path::PathBuf>) -> Vec<std::path::PathBuf> {
+    v.sort();
+    v
+}
+
+#[test]
+fn v2_fake_tree_sweep_removes_only_run_cgroups_of_gone_owners() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fake_v2(root, "cpu memory pids");
+    let base = root.join("user.slice/app/nsrun");
+    std::fs::create_dir_all(&base).unwrap();
+    let (stale, keep) = stale_and_live(&base);
+    // Outside our nsrun/ level: a cgroup named like a stale run, a sibling's nsrun/ level.
+    let gone = dead_pid();
+    let outside = [
+        root.join(format!("user.slice/app/{gone}-1-run")),
+        root.join(format!("user.slice/other/nsrun/{gone}-1-run")),
+    ];
+    for d in &outside {
+        std::fs::create_dir_all(d).unwrap();
+    }
+
+    let removed = sweep_at(root, "0::/user.slice/app\n").unwrap();
+    assert_eq!(sorted(removed), sorted(stale.clone()));
+    for d in &stale {
+        assert!(!d.exists(), "{} left", d.display());
+    }
+    for d in keep.iter().chain(&outside) {
+        assert!(d.is_dir(), "{} removed", d.display());
+    }
+    assert_eq!(
+        read(keep[0].join("cgroup.procs")),
+        format!("{}\n", std::process::id())
+    );
+    assert!(base.is_dir(), "the nsrun level stays for concurrent runs");
+    assert_eq!(
+        sweep_at(root, "0::/user.slice/app\n").unwrap(),
+        Vec::<std::path::PathBuf>::new(),
+        "nothing left to sweep"
+    );
+}
+
+#[test]
+fn v1_fake_tree_sweep_covers_every_hierarchy_and_keeps_live_runs() {
+    for comount in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let proc_text = fake_hybrid(root, comount);
+        // A live run made by setup, in all three hierarchies.
+        let live = cgroup(
+            setup_at(root, &proc_text, &all_limits(), "running")
+                .unwrap()
+                .0,
+        );
+        let live_dirs: Vec<_> = live.paths().map(Path::to_path_buf).collect();
+        let cpu = if comount { "cpu,cpuacct" } else { "cpu" };
+        let mut want = Vec::new();
+        let mut keep = live_dirs.clone();
+        for base in ["memory/job/42/nsrun", &format!("{cpu}/nsrun"), "pids/nsrun"] {
+            let (s, k) = stale_and_live(&root.join(base));
+            want.extend(s);
+            keep.extend(k);
+        }
+        // cpuacct has no nsrun level of ours unless co-mounted; one found there is not looked at.
+        if !comount {
+            let d = root.join(format!("cpuacct/nsrun/{}-1-x", dead_pid()));
+            std::fs::create_dir_all(&d).unwrap();
+            keep.push(d);
+        }
+        let removed = sweep_at(root, &proc_text).unwrap();
+        assert_eq!(sorted(removed), sorted(want.clone()), "comount {comount}");
+        for d in &want {
+            assert!(!d.exists(), "{} left", d.display());
+        }
+        for d in &keep {
+            assert!(d.is_dir(), "{} removed", d.display());
+        }
+        live.remove().unwrap();
+    }
+}
+
+/// Not a test of its own: the owner process for `sweep_removes_the_cgroups_of_a_killed_owner`,
+/// started by it as a copy of this test binary. It sets up a run cgroup, joins it, leaves a
+/// process inside, prints the cgroup's directories and waits to be killed.
+#[test]
+#[ignore = "the owner process of sweep_removes_the_cgroups_of_a_killed_owner, run by it"]
+fn sweep_owner_helper() {
+    if std::env::var_os("NSRUN_SWEEP_OWNER").is_none() {
+        return;
+    }
+    let limits = Limits {
+        pids: Some(20),
+        memory: Some(64 << 20),
+        cpus: Some(1.0),
+        ..Default::default()
+    };
+    let cg = cgroup(setup(&limits, "killed-owner").unwrap());
+    cg.add_pid(std::process::id() as i32).unwrap();
+    // Spawned after joining, so inside: what a sandbox leaves when its pid 1 outlives nsrun.
+    let mut orphan = Command::new("/bin/sleep").arg("60").spawn().unwrap();
+    for p in cg.paths() {
+        println!("{}", p.display());
+    }
+    std::io::stdout().flush().unwrap();
+    std::mem::forget(cg); // the owner is killed before it could remove anything
+    let _ = orphan.wait();
+}
+
+#[test]
+fn sweep_removes_the_cgroups_of_a_killed_owner() {
+    if !is_root() {
+        return; // unprivileged: see unprivileged_sweep_is_a_quiet_no_op
+    }
+    if let Err(why) = host_has_v1() {
+        return skip_or_fail(&why);
+    }
+    use std::io::BufRead;
+    let mut owner = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "sweep_owner_helper", "--nocapture"])
+        .env("NSRUN_SWEEP_OWNER", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut dirs = Vec::new();
+    for line in std::io::BufReader::new(owner.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("/sys/fs/cgroup/") {
+            dirs.push(std::path::PathBuf::from(line));
+            if dirs.len() == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(dirs.len(), 3, "memory, cpu and pids cgroups: {dirs:?}");
+    let name = format!("{}-{}-killed-owner", owner.id(), start_time(owner.id()));
+    let pids_dir = dirs
+        .iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/pids"))
+        .unwrap();
+    assert!(pids_dir.ends_with(&name), "{}", pids_dir.display());
+    let inside = read(pids_dir.join("cgroup.procs"));
+    assert_eq!(inside.lines().count(), 2, "owner and its orphan: {inside}");
+    // A live run of ours at the same time: it must survive the sweep.
+    let live = cgroup(
+        setup(
+            &Limits {
+                pids: Some(5),
+                ..Default::default()
+            },
+            &run_id("live"),
+        )
+        .unwrap(),
+    );
+    let live_dirs: Vec<_> = live.paths().map(Path::to_path_buf).collect();
+
+    let orphan: i32 = inside
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .find(|p| *p != owner.id() as i32)
+        .unwrap();
+    owner.kill().unwrap(); // SIGKILL: no chance to clean up
+    owner.wait().unwrap();
+    assert!(
+        dirs.iter().all(|d| d.is_dir()),
+        "left behind by the killed owner"
+    );
+
+    let removed = sweep().unwrap();
+    for d in &dirs {
+        assert!(!d.exists(), "{} not swept", d.display());
+        assert!(
+            removed.contains(d),
+            "{} not reported: {removed:?}",
+            d.display()
+        );
+    }
+    for d in &live_dirs {
+        assert!(d.is_dir(), "live run {} swept", d.display());
+        assert!(!removed.contains(d));
+    }
+    // The orphan was killed; init reaps it, as it is nobody's child now.
+    let gone = |pid: i32| match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .trim_start()
+            .starts_with('Z'),
+    };
+    for _ in 0..100 {
+        if gone(orphan) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        gone(orphan),
+        "the process left inside, {orphan}, still runs"
+    );
+    live.remove().unwrap();
+}
+
+#[test]
+fn unprivileged_sweep_is_a_quiet_no_op() {
+    if is_root() {
+        return; // root can write its cgroups: see sweep_removes_the_cgroups_of_a_killed_owner
+    }
+    let probe = Limits {
+        pids: Some(5),
+        ..Default::default()
+    };
+    match setup_explained(&probe, &run_id("probe")).unwrap() {
+        (Enforcement::Rlimits { .. }, Some(_)) => {
+            // No cgroup this user may write: nothing to sweep, and no error for trying.
+            assert_eq!(sweep().unwrap(), Vec::<std::path::PathBuf>::new());
+        }
+        (Enforcement::Cgroup(cg), _) => {
+            // A delegated cgroup: the sweep runs, and must leave our live run alone.
+            let dirs: Vec<_> = cg.paths().map(Path::to_path_buf).collect();
+            let removed = sweep().unwrap();
+            assert!(dirs.iter().all(|d| d.is_dir() && !removed.contains(d)));
+            cg.remove().unwrap();
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
