@@ -579,16 +579,39 @@ fn dead_pid() -> u32 {
     pid
 }
 
-/// Fills the `nsrun/` level `base` with run cgroups of a gone owner, of a live one (us), of a
-/// reused pid (ours, with another start time), and with directories nsrun did not name; returns
-/// (the stale ones, the ones to keep).
-fn stale_and_live(base: &Path) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+/// A child of ours that has exited and is not reaped yet: an owner killed while its parent is
+/// not looking. Reap it with `wait` when done.
+#[allow(clippy::zombie_processes)] // a zombie is what it makes; the caller reaps it
+fn zombie() -> Child {
+    let c = Command::new("/bin/true").spawn().unwrap();
+    for _ in 0..500 {
+        let stat = read(format!("/proc/{}/stat", c.id()));
+        if stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .trim_start()
+            .starts_with('Z')
+        {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("/bin/true did not exit");
+}
+
+/// Fills the `nsrun/` level `base` with run cgroups of a gone owner, of a zombie one, of a live
+/// one (us), of a reused pid (ours, with another start time), and with directories nsrun did not
+/// name; returns (the stale ones, the ones to keep, the zombie to reap).
+fn stale_and_live(base: &Path) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>, Child) {
     let me = std::process::id();
     let start = start_time(me);
     let gone = dead_pid();
+    let z = zombie();
     let stale = vec![
         base.join(format!("{gone}-{start}-deadrun")),
         base.join(format!("{me}-{}-reused-pid", start + 1)),
+        base.join(format!("{}-{}-zombie", z.id(), start_time(z.id()))),
     ];
     let keep = vec![
         base.join(owned("live")),
@@ -604,7 +627,7 @@ fn stale_and_live(base: &Path) -> (Vec<std::path::PathBuf>, Vec<std::path::PathB
     // Not directories: never touched.
     std::fs::write(base.join(format!("{gone}-{start}-afile")), "").unwrap();
     std::os::unix::fs::symlink(&keep[0], base.join(format!("{gone}-{start}-alink"))).unwrap();
-    (stale, keep)
+    (stale, keep, z)
 }
 
 fn sorted(mut v: Vec<std::path::PathBuf>) -> Vec<std::path::PathBuf> {
@@ -619,7 +642,7 @@ fn v2_fake_tree_sweep_removes_only_run_cgroups_of_gone_owners() {
     fake_v2(root, "cpu memory pids");
     let base = root.join("user.slice/app/nsrun");
     std::fs::create_dir_all(&base).unwrap();
-    let (stale, keep) = stale_and_live(&base);
+    let (stale, keep, mut z) = stale_and_live(&base);
     // Outside our nsrun/ level: a cgroup named like a stale run, a sibling's nsrun/ level.
     let gone = dead_pid();
     let outside = [
@@ -643,6 +666,7 @@ fn v2_fake_tree_sweep_removes_only_run_cgroups_of_gone_owners() {
         format!("{}\n", std::process::id())
     );
     assert!(base.is_dir(), "the nsrun level stays for concurrent runs");
+    z.wait().unwrap();
     assert_eq!(
         sweep_at(root, "0::/user.slice/app\n").unwrap(),
         Vec::<std::path::PathBuf>::new(),
@@ -666,10 +690,12 @@ fn v1_fake_tree_sweep_covers_every_hierarchy_and_keeps_live_runs() {
         let cpu = if comount { "cpu,cpuacct" } else { "cpu" };
         let mut want = Vec::new();
         let mut keep = live_dirs.clone();
+        let mut zombies = Vec::new();
         for base in ["memory/job/42/nsrun", &format!("{cpu}/nsrun"), "pids/nsrun"] {
-            let (s, k) = stale_and_live(&root.join(base));
+            let (s, k, z) = stale_and_live(&root.join(base));
             want.extend(s);
             keep.extend(k);
+            zombies.push(z);
         }
         // cpuacct has no nsrun level of ours unless co-mounted; one found there is not looked at.
         if !comount {
@@ -686,6 +712,9 @@ fn v1_fake_tree_sweep_covers_every_hierarchy_and_keeps_live_runs() {
             assert!(d.is_dir(), "{} removed", d.display());
         }
         live.remove().unwrap();
+        for mut z in zombies {
+            z.wait().unwrap();
+        }
     }
 }
 

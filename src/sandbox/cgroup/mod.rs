@@ -12,8 +12,8 @@
 //! `<owner>` is `<pid>-<start time>` of the nsrun process that called [`setup`] (the start time is
 //! field 22 of `/proc/<pid>/stat`, in clock ticks since boot). An nsrun killed with SIGKILL cannot
 //! remove its cgroups; [`sweep`] later removes every run cgroup in our own `nsrun/` levels whose
-//! owner is gone — no such pid, or a pid now held by a process that started at another time —
-//! and never one whose owner still runs.
+//! owner is gone — no such pid, a pid now held by a process that started at another time, or a
+//! zombie — //! and never one whose owner still runs.
 //!
 //! nsrun never changes a cgroup it did not create: no controller is enabled in, and no process is
 //! moved out of, the cgroup it runs in.
@@ -348,6 +348,12 @@ fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
+/// Field 3 of `/proc/<pid>/stat`: the process state (`R`, `S`, … `Z` for a zombie).
+fn parse_state(stat: &str) -> Option<char> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next()?.chars().next()
+}
+
 /// The owner of a run cgroup, from its directory name; `None` for names not of this form (a
 /// directory nsrun did not create, or one from before owners were recorded: left alone).
 fn parse_owner(name: &str) -> Option<(u32, u64)> {
@@ -361,8 +367,8 @@ fn parse_owner(name: &str) -> Option<(u32, u64)> {
     (pid > 0 && pid <= i32::MAX as u32).then_some((pid, start.parse().ok()?))
 }
 
-/// Whether the process that created a run cgroup is gone: no process has its pid, or the one that
-/// has it started at another time (the pid was reused). When in doubt (its stat unreadable, say
+/// Whether the process that created a run cgroup is gone: no process has its pid, the one that
+/// has it started at another time (the pid was reused), or it is a zombie. When in doubt (its stat unreadable, say
 /// under `hidepid`), it is taken as alive.
 fn owner_gone(pid: u32, start: u64) -> bool {
     // SAFETY: kill(2) with signal 0 only checks that the pid exists; nothing is sent.
@@ -371,7 +377,11 @@ fn owner_gone(pid: u32, start: u64) -> bool {
         return true;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(text) => parse_start_time(&text).is_some_and(|s| s != start),
+        // A zombie (its parent killed too, and not reaped yet) has left its cgroups for good.
+        Ok(text) => {
+            parse_state(&text).is_some_and(|st| st == 'Z' || st == 'X')
+                || parse_start_time(&text).is_some_and(|s| s != start)
+        }
         Err(_) => false,
     }
 }
@@ -888,6 +898,7 @@ mod tests {
         let stat = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 \
                     1000 200 18446744073709551615";
         assert_eq!(parse_start_time(stat), Some(987654));
+        assert_eq!(parse_state(stat), Some('S'));
         assert_eq!(parse_start_time("1 (x) S 0"), None);
         let own = std::fs::read_to_string("/proc/self/stat").unwrap();
         assert!(parse_start_time(&own).is_some_and(|t| t > 0), "{own}");
