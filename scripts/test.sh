@@ -16,7 +16,7 @@ die() { echo "test.sh: $*" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || die "run as root (it installs packages and runs the suite as root and as a user)"
 
 # --- packages ------------------------------------------------------------------------------------
-pkgs=(busybox-static libseccomp-dev pkg-config uidmap docker-registry openssl apache2-utils gcc libc6-dev util-linux procps)
+pkgs=(busybox-static libseccomp-dev pkg-config uidmap docker-registry openssl apache2-utils gcc libc6-dev util-linux procps libcap2-bin)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

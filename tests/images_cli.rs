@@ -292,3 +292,228 @@ fn credentials_from_docker_config_helpers() {
     assert_eq!(o.status.code(), Some(125));
     assert!(text(&o).contains("--creds"), "{}", text(&o));
 }
+
+fn assert_one_line_125(o: &Output, needle: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(125), "{}", text(o));
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "wanted {needle:?} in: {err}");
+    err
+}
+
+/// `--platform` is a promise: a single-platform image for another platform is refused (and not
+/// recorded under the asked platform), even when that digest is already installed; without
+/// `--platform`, any image is pulled.
+#[test]
+fn explicit_platform_must_match_a_single_platform_image() {
+    let reg = FakeRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let img = Image::simple("amd64", "only-amd64");
+    reg.put_image("solo", "v1", &img);
+    let r = format!("{}/solo:v1", reg.addr);
+    let o = run(&root, &["pull", "--platform", "linux/arm64", &r]);
+    let err = assert_one_line_125(&o, "wanted linux/arm64");
+    assert!(err.contains("actual: linux/amd64"), "{err}");
+    let o = run(&root, &["images", "-q"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "",
+        "{}",
+        text(&o)
+    );
+    assert!(empty(&root.join("staging")));
+
+    // No platform asked: pulled, whatever it is.
+    let arm = Image::simple("arm64", "only-arm64");
+    reg.put_image("arm", "v1", &arm);
+    let ra = format!("{}/arm:v1", reg.addr);
+    let o = run(&root, &["pull", "-q", &ra]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), arm.digest());
+    // Installed already, asked for another platform: still refused, and not recorded for it.
+    let o = run(&root, &["pull", "--platform", "linux/amd64", &ra]);
+    let err = assert_one_line_125(&o, "wanted linux/amd64");
+    assert!(err.contains("actual: linux/arm64"), "{err}");
+    let o = run(&root, &["images", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), arm.digest());
+    // Pulled without --platform, it sits under the host's platform (linux/amd64 here); asked
+    // for explicitly, a cached lookup (run's default --pull missing) refuses it too.
+    #[cfg(target_arch = "x86_64")]
+    {
+        let o = run(
+            &root,
+            &[
+                "inspect",
+                "--platform",
+                "linux/amd64",
+                "--pull",
+                "never",
+                &ra,
+            ],
+        );
+        let err = assert_one_line_125(&o, "wanted linux/amd64");
+        assert!(err.contains("actual: linux/arm64"), "{err}");
+    }
+    // The right platform, with or without a variant, is fine.
+    for p in ["linux/arm64", "linux/arm64/v8"] {
+        let o = run(&root, &["pull", "-q", "--platform", p, &ra]);
+        assert!(o.status.success(), "{p}: {}", text(&o));
+    }
+    let o = run(&root, &["pull", "-q", "--platform", "linux/amd64", &r]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// A file that is not a `docker save` tarball: one line naming it, none of its content.
+#[test]
+fn docker_archive_of_a_text_file_is_one_line_without_its_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let secret = tmp.path().join("secret.txt");
+    let body = "root:x:0:0:root:/root:/bin/bash\nTOPSECRET:x:1:1::/:/bin/sh\n".repeat(30);
+    std::fs::write(&secret, body).unwrap();
+    let src = format!("docker-archive:{}", secret.display());
+    let o = run(&root, &["pull", &src]);
+    let err = assert_one_line_125(&o, "is not a docker save tarball");
+    assert!(err.contains(&secret.display().to_string()), "{err}");
+    assert!(
+        !err.contains("TOPSECRET") && !err.contains("/bin/bash"),
+        "{err}"
+    );
+    // An empty file is a valid (empty) tar: still not a docker save tarball.
+    let empty_file = tmp.path().join("empty.tar");
+    std::fs::write(&empty_file, b"").unwrap();
+    let o = run(
+        &root,
+        &["pull", &format!("docker-archive:{}", empty_file.display())],
+    );
+    assert_one_line_125(&o, "is not a docker save tarball");
+}
+
+/// `rmi` of a digest or tag the cache does not know fails (and removes nothing); of a known
+/// digest it works.
+#[test]
+fn rmi_of_unknown_digest_or_tag_fails() {
+    let reg = FakeRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let img = Image::simple("amd64", "rmi");
+    reg.put_image("keep", "v1", &img);
+    let r = format!("{}/keep:v1", reg.addr);
+    let o = run(&root, &["pull", "-q", &r]);
+    assert!(o.status.success(), "{}", text(&o));
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    for args in [
+        vec!["rmi", unknown.as_str()],
+        vec!["rmi", "never-pulled:v9"],
+        vec!["rmi", "docker.io/library/never-pulled@sha256:1111111111111111111111111111111111111111111111111111111111111111"],
+    ] {
+        let o = run(&root, &args);
+        assert_one_line_125(&o, "not in the cache");
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains("Untagged"),
+            "{args:?}: {}",
+            text(&o)
+        );
+        let o = run(&root, &["images", "-q"]);
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), img.digest());
+    }
+    let o = run(&root, &["rmi", &img.digest()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Deleted:"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&root, &["images", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "");
+}
+
+/// As root, a uid base whose range holds host id 0 or wraps past u32::MAX installs nothing (the
+/// files would belong to host root). Unprivileged, files are squashed to the caller and the
+/// base does not apply.
+#[test]
+fn uid_base_reaching_host_root_installs_nothing() {
+    let reg = FakeRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let img = Image::simple("amd64", "base");
+    reg.put_image("base", "v1", &img);
+    let r = format!("{}/base:v1", reg.addr);
+    for base in ["0", "4294967000", "4294967295"] {
+        let o = nsrun(&root, &["pull", "-q", &r])
+            .env("NSRUN_UID_BASE", base)
+            .output()
+            .unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            assert!(o.status.success(), "{base}: {}", text(&o));
+            continue;
+        }
+        assert_one_line_125(&o, "host root");
+        assert!(empty(&root.join("images")), "{base}: something installed");
+        assert!(empty(&root.join("staging")), "{base}: staging left behind");
+        let o = run(&root, &["images", "-q"]);
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "");
+    }
+}
+
+/// Opening an existing cache creates nothing: `nsrun images` and `inspect` run with mkdir and
+/// mkdirat killing the process (seccomp), after a pull created the cache.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn opening_an_existing_cache_makes_no_directories() {
+    use std::os::unix::process::CommandExt;
+    let reg = FakeRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let img = Image::simple("amd64", "open");
+    reg.put_image("open", "v1", &img);
+    let r = format!("{}/open:v1", reg.addr);
+    let o = run(&root, &["pull", "-q", &r]);
+    assert!(o.status.success(), "{}", text(&o));
+    for args in [vec!["images", "-q"], vec!["inspect", "--pull", "never", &r]] {
+        let mut c = nsrun(&root, &args);
+        // SAFETY: between fork and exec the closure only makes two prctl calls on a filter that
+        // lives on the stack of this (copied) frame; nothing allocates or takes locks.
+        unsafe {
+            c.pre_exec(|| {
+                const LD_W_ABS: u16 = 0x20;
+                const JEQ_K: u16 = 0x15;
+                const RET_K: u16 = 0x06;
+                const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+                let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+                let prog = [
+                    f(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+                    f(JEQ_K, 0, 4, AUDIT_ARCH_X86_64),
+                    f(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+                    f(JEQ_K, 3, 0, libc::SYS_mkdir as u32),
+                    f(JEQ_K, 2, 0, libc::SYS_mkdirat as u32),
+                    f(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+                    f(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+                    f(RET_K, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
+                ];
+                let fprog = libc::sock_fprog {
+                    len: prog.len() as u16,
+                    filter: prog.as_ptr() as *mut libc::sock_filter,
+                };
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::prctl(
+                        libc::PR_SET_SECCOMP,
+                        libc::SECCOMP_MODE_FILTER,
+                        &fprog as *const libc::sock_fprog,
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?} made a directory (or failed): {:?} {}",
+            o.status,
+            text(&o)
+        );
+    }
+}

@@ -598,3 +598,94 @@ fn random_hostile_layers_never_escape() {
         "accepted {accepted} of 300"
     );
 }
+
+/// A shift whose range holds host id 0, or runs past `u32::MAX` (where `base + id` wraps to 0,
+/// or reaches -1, chown's "unchanged"), would give cache files to host root: refused before
+/// anything is written, as root and unprivileged alike. So is a squash to -1.
+#[test]
+fn ownership_reaching_host_root_is_refused() {
+    use nsrun::sandbox::idmap::RANGE_SIZE;
+    let shift = |uid_base, gid_base| Ownership::Shift {
+        uid_base,
+        gid_base,
+        size: RANGE_SIZE,
+    };
+    for ownership in [
+        shift(0, 0),
+        shift(1_000_000, 0),
+        shift(4_294_967_000, 4_294_967_000),
+        shift(u32::MAX, u32::MAX),
+        shift(u32::MAX - RANGE_SIZE + 1, 1_000_000),
+        Ownership::Shift {
+            uid_base: 1_000_000,
+            gid_base: 1_000_000,
+            size: 0,
+        },
+        Ownership::Squash {
+            uid: u32::MAX,
+            gid: u32::MAX,
+        },
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let before = std::fs::metadata(tmp.path()).unwrap();
+        let err = Unpacker::new(tmp.path(), ownership, Limits::default())
+            .err()
+            .unwrap_or_else(|| panic!("{ownership:?} accepted"));
+        assert!(
+            matches!(err, UnpackError::BadOwnership { .. }),
+            "{ownership:?}: {err}"
+        );
+        assert_eq!(err.to_string().lines().count(), 1, "{err}");
+        let after = std::fs::metadata(tmp.path()).unwrap();
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+        assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none());
+    }
+}
+
+/// The highest base allowed maps the last container id to `u32::MAX - 1`, never further.
+#[test]
+fn shift_at_the_top_of_the_id_space_stays_in_range() {
+    use nsrun::sandbox::idmap::RANGE_SIZE;
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: shifting ids needs root");
+        return;
+    }
+    let f = Fixture::new();
+    let base = u32::MAX - RANGE_SIZE;
+    let mut t = Tar::new();
+    t.entry(
+        "last",
+        Kind::File(b"x".to_vec()),
+        0o644,
+        (RANGE_SIZE - 1) as u64,
+        296,
+    );
+    let mut u = Unpacker::new(
+        &f.staging,
+        Ownership::Shift {
+            uid_base: base,
+            gid_base: base,
+            size: RANGE_SIZE,
+        },
+        Limits::default(),
+    )
+    .unwrap();
+    u.apply_layer(&t.finish()[..]).unwrap();
+    u.finish().unwrap();
+    let md = std::fs::metadata(f.inside("last")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (u32::MAX - 1, base + 296));
+    f.assert_outside_untouched();
+}
+
+/// A layer that is not a tar at all: the error is one line and does not quote the bytes.
+#[test]
+fn non_tar_layer_error_is_one_line() {
+    let f = Fixture::new();
+    let junk =
+        b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+            .repeat(20);
+    let err = f.unpack(&[junk]).expect_err("junk accepted as a layer");
+    let msg = err.to_string();
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    assert!(!msg.contains("daemon"), "{msg}");
+}

@@ -229,6 +229,9 @@ fn id_mappings_never_map_host_root() {
                 map,
                 "auto uses the subordinate ids when configured"
             );
+            // ... for a tool that starts as root; a non-root tool gets its uid mapped to the
+            // caller, whose files (an image's, squashed) are then its own.
+            assert_eq!(uid_map(&["-u", "1000"]), [(1000, me, 1)]);
         } else {
             assert!(!in_ci(), "CI gives the test user subordinate ids");
             let o = sh(&["--userns", "subid"], "true");
@@ -360,4 +363,57 @@ fn even_cap_sys_admin_cannot_make_the_shared_rootfs_writable() {
             "{flags:?} wrote into the rootfs"
         );
     }
+}
+
+/// The tool's CapInh, CapPrm and CapEff as hex strings.
+fn cap_sets(rootfs: &std::path::Path, flags: &[&str]) -> Vec<String> {
+    let o = std::process::Command::new(nsrun_bin())
+        .args(["run", "--rootfs", rootfs.to_str().unwrap()])
+        .args(flags)
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "grep -E '^Cap(Inh|Prm|Eff)' /proc/self/status",
+        ])
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    stdout(&o)
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn file_capabilities_give_a_non_root_tool_nothing() {
+    let none = "0000000000000000";
+    assert_eq!(cap_sets(&rootfs(), &["-u", "1000"]), [none, none, none]);
+    // Container root keeps the default set, but never in the inheritable set.
+    assert_eq!(cap_sets(&rootfs(), &[])[0], none);
+    if !is_root() {
+        return; // setting file capabilities on the host needs CAP_SETFCAP there
+    }
+    // CVE-2022-24769: a binary with inheritable file capabilities, run by a non-root tool,
+    // gains them at exec if the process's inheritable set holds them.
+    let copy = tempfile::tempdir().unwrap();
+    let r = copy.path().join("rootfs");
+    assert!(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(rootfs())
+        .arg(&r)
+        .status()
+        .unwrap()
+        .success());
+    let st = std::process::Command::new("setcap")
+        .args([
+            "-n",
+            &expected_host_root().to_string(),
+            "cap_dac_override+ei",
+        ])
+        .arg(r.join("bin/busybox"))
+        .status()
+        .expect("setcap (libcap2-bin)");
+    assert!(st.success());
+    assert_eq!(cap_sets(&r, &["-u", "1000"]), [none, none, none]);
 }

@@ -16,8 +16,30 @@ struct HostState {
     cgroups: Vec<String>,
 }
 
-/// Run cgroups below ours, in every hierarchy: `<our cgroup>/nsrun/<run id>`.
+/// Run cgroups below ours, in every hierarchy: `<our cgroup>/nsrun/<run id>`. Hierarchies are
+/// found in /proc/self/mountinfo (v1 controllers by their super options, v2 as cgroup2), so
+/// the check looks where the cgroups really are, whatever the host's layout.
 fn run_cgroups() -> Vec<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    // (mount point, controllers) for each cgroup mount; v2 has no controllers in this sense.
+    let mounts: Vec<(String, Option<Vec<String>>)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mut post = post.split_whitespace();
+            let fstype = post.next()?;
+            let point = pre.split_whitespace().nth(4)?.to_string();
+            match fstype {
+                "cgroup2" => Some((point, None)),
+                "cgroup" => {
+                    let opts = post.nth(1)?;
+                    Some((point, Some(opts.split(',').map(String::from).collect())))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    assert!(!mounts.is_empty(), "no cgroup filesystem mounted");
     let mut out = Vec::new();
     for line in std::fs::read_to_string("/proc/self/cgroup")
         .unwrap()
@@ -25,13 +47,15 @@ fn run_cgroups() -> Vec<String> {
     {
         let mut f = line.splitn(3, ':');
         let (_, controllers, path) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
-        let mount = if controllers.is_empty() {
-            "unified".to_string()
-        } else {
-            controllers.replace("name=", "")
-        };
-        let dir = std::path::Path::new("/sys/fs/cgroup")
-            .join(mount)
+        let mount = mounts.iter().find(|(_, c)| match c {
+            None => controllers.is_empty(),
+            Some(opts) => {
+                !controllers.is_empty()
+                    && controllers.split(',').all(|k| opts.iter().any(|o| o == k))
+            }
+        });
+        let Some((point, _)) = mount else { continue };
+        let dir = std::path::Path::new(point)
             .join(path.trim_start_matches('/'))
             .join("nsrun");
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -63,17 +87,11 @@ fn host_state() -> HostState {
                 .unwrap_or(false)
         })
         .count();
-    // /tmp is shared with whatever else runs on the machine: only names of ours count there,
-    // and everything in the helper's own TMPDIR does.
-    let mut tmp: Vec<String> = std::fs::read_dir("/tmp")
+    // Anything temporary nsrun made would be in TMPDIR, which the helper gets to itself here
+    // (the machine's /tmp is shared with whatever else runs, so it proves nothing).
+    let mut tmp: Vec<String> = std::fs::read_dir(std::env::temp_dir())
         .unwrap()
         .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-        .filter(|n| n.contains("nsrun") && !n.starts_with("nsrun-test."))
-        .chain(
-            std::fs::read_dir(std::env::temp_dir())
-                .unwrap()
-                .filter_map(|e| Some(format!("TMPDIR/{}", e.ok()?.file_name().to_string_lossy()))),
-        )
         .collect();
     tmp.sort();
     HostState {
@@ -112,6 +130,21 @@ fn two_hundred_sequential_runs_leave_nothing_behind() {
     };
     // One run first, so that lazily created process-wide state (tokio's reaper pipe) exists.
     rt.block_on(helper.run(&spec(0), None)).unwrap();
+    if is_root() {
+        // The cgroup check must be able to see a run's cgroup at all, or it proves nothing.
+        let mut live = nsrun(
+            &["--memory", "64m", "--pids-limit", "64"],
+            &["/bin/sleep", "2"],
+        )
+        .spawn()
+        .unwrap();
+        let seen = wait_until(Duration::from_secs(5), || !run_cgroups().is_empty());
+        live.wait().unwrap();
+        assert!(
+            seen,
+            "no run cgroup visible while a run with limits was going"
+        );
+    }
     let before = host_state();
     for i in 1..=200 {
         let out = rt.block_on(helper.run(&spec(i), None)).unwrap();

@@ -171,6 +171,8 @@ fn bad_input_is_one_line_and_exit_125() {
         &[
             "run", "--rootfs", "ROOTFS", "--memory", "lots", "--", "true",
         ],
+        &["run", "--rootfs", "ROOTFS", "--memory", "1k", "--", "true"],
+        &["run", "--rootfs", "ROOTFS", "-u", "70000", "--", "true"],
         &[
             "run",
             "--rootfs",

@@ -14,6 +14,23 @@ fn busybox_image(config: serde_json::Value) -> Image {
     let mut b = tar::Builder::new(Vec::new());
     b.follow_symlinks(false);
     b.append_dir_all(".", rootfs()).unwrap();
+    // The image user's private home: readable only by uid 1000, as in a real image.
+    for (path, mode, data) in [
+        ("home/tool/", 0o700, &b""[..]),
+        ("home/tool/secret", 0o600, &b"s3cret\n"[..]),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(if path.ends_with('/') {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
+        h.set_mode(mode);
+        h.set_uid(1000);
+        h.set_gid(1000);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    }
     let tar = b.into_inner().unwrap();
     let layer = gzip(&tar);
     let config = serde_json::to_vec(&serde_json::json!({
@@ -40,7 +57,7 @@ fn busybox_image(config: serde_json::Value) -> Image {
 
 fn tool_config() -> serde_json::Value {
     serde_json::json!({
-        "Entrypoint": ["/bin/sh", "-c", "echo \"entry:$*|$IMG|$OVER|$(pwd)|$(id -u):$(id -g)\"", "tool"],
+        "Entrypoint": ["/bin/sh", "-c", "echo \"entry:$*|$IMG|$OVER|$(pwd)|$(id -u):$(id -g)|$(cat /home/tool/secret 2>&1)\"", "tool"],
         "Cmd": ["default-arg"],
         "Env": ["PATH=/usr/bin:/bin", "IMG=from-image", "OVER=image"],
         "WorkingDir": "/srv/work",
@@ -95,7 +112,7 @@ fn an_image_from_a_real_registry_runs_with_its_config() {
     assert_code(&o, 0);
     assert_eq!(
         stdout(&o),
-        "entry:default-arg|from-image|image|/srv/work|1000:1000\n"
+        "entry:default-arg|from-image|image|/srv/work|1000:1000|s3cret\n"
     );
     // Arguments replace Cmd, not Entrypoint; -e overrides the image's Env; -w and -u override.
     let o = nsrun_image(
@@ -113,7 +130,7 @@ fn an_image_from_a_real_registry_runs_with_its_config() {
         ],
     );
     assert_code(&o, 0);
-    assert_eq!(stdout(&o), "entry:a b|from-image|flag|/tmp|0:0\n");
+    assert_eq!(stdout(&o), "entry:a b|from-image|flag|/tmp|0:0|s3cret\n");
     // --entrypoint replaces Entrypoint and drops Cmd.
     let o = nsrun_image(c, &["--entrypoint", "/bin/echo", &reference, "plain"]);
     assert_code(&o, 0);
@@ -126,7 +143,7 @@ fn an_image_from_a_real_registry_runs_with_its_config() {
     assert_code(&o, 0);
     assert_eq!(
         stdout(&o),
-        "entry:default-arg|from-image|image|/srv/work|1000:1000\n"
+        "entry:default-arg|from-image|image|/srv/work|1000:1000|s3cret\n"
     );
 }
 
@@ -159,15 +176,36 @@ fn an_image_from_an_oci_layout_runs_and_bad_images_fail_cleanly() {
 
     // A bad flag is refused before anything is pulled into the cache.
     let fresh = tempfile::tempdir().unwrap();
-    let o = nsrun_image(fresh.path(), &["--memory", "lots", &src, "true"]);
-    assert_code(&o, 125);
-    let o = Command::new(nsrun_bin())
-        .args(["images", "--root", fresh.path().to_str().unwrap(), "-q"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        stdout(&o),
-        "",
-        "nothing may be pulled for a run that was refused"
-    );
+    let mut bad: Vec<&[&str]> = vec![
+        &["--memory", "lots"],
+        &["--cap-add", "NO_SUCH_CAP"],
+        &["--security-opt", "seccomp=/nonexistent/profile.json"],
+        &["-v", "/nonexistent-source:/x"],
+        &["-w", "relative"],
+        &["-e", "=x"],
+        &["--hostname", ""],
+    ];
+    if is_root() {
+        bad.extend([
+            &["--uid-base", "0"][..],
+            &["--uid-base", "4294967295"],
+            &["--uid-base", "4294967000"],
+        ]);
+    }
+    for flags in bad {
+        let mut args = flags.to_vec();
+        args.extend([src.as_str(), "true"]);
+        let o = nsrun_image(fresh.path(), &args);
+        assert_code(&o, 125);
+        assert_eq!(stderr(&o).lines().count(), 1, "{flags:?}: {}", stderr(&o));
+        let o = Command::new(nsrun_bin())
+            .args(["images", "--root", fresh.path().to_str().unwrap(), "-q"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            stdout(&o),
+            "",
+            "{flags:?}: nothing may be pulled for a run that was refused"
+        );
+    }
 }

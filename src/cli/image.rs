@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nsrun::registry::RegistryOptions;
 use nsrun::sandbox::idmap::Ownership;
-use nsrun::store::{self, PullOptions, PullPolicy, ResolvedImage, Store};
+use nsrun::store::{self, ImageHold, PullOptions, PullPolicy, ResolvedImage, Store};
 use nsrun::unpack::Limits;
 
 use super::Failure;
@@ -121,13 +121,44 @@ impl ImageOpts {
         self.ensure_with(reference, &opts, self.pull.unwrap_or(PullPolicy::Missing))
     }
 
+    /// [`ImageOpts::ensure_image`] and a hold on the image's cache entry (see [`Store::hold`]),
+    /// with the store opened once: what `nsrun run IMAGE` needs, so that no `rmi` or `gc`
+    /// removes the image under the running tool. The hold must live as long as the run.
+    // run.rs (the lead's file) switches from ensure_image + store().hold() to this.
+    #[allow(dead_code)]
+    pub fn ensure_held(
+        &self,
+        reference: &str,
+        ownership: Ownership,
+    ) -> Result<(ResolvedImage, ImageHold), Failure> {
+        let opts = self.pull_options(ownership)?;
+        let s = self.store()?;
+        let img = self.ensure_in(
+            &s,
+            reference,
+            &opts,
+            self.pull.unwrap_or(PullPolicy::Missing),
+        )?;
+        let hold = s.hold(&img).map_err(fail)?;
+        Ok((img, hold))
+    }
+
     fn ensure_with(
         &self,
         reference: &str,
         opts: &PullOptions,
         policy: PullPolicy,
     ) -> Result<ResolvedImage, Failure> {
-        let s = self.store()?;
+        self.ensure_in(&self.store()?, reference, opts, policy)
+    }
+
+    fn ensure_in(
+        &self,
+        s: &Store,
+        reference: &str,
+        opts: &PullOptions,
+        policy: PullPolicy,
+    ) -> Result<ResolvedImage, Failure> {
         if policy != PullPolicy::Always {
             if let Some(img) = s.lookup(reference, opts).map_err(fail)? {
                 return Ok(img);
@@ -323,4 +354,69 @@ pub fn gc(a: GcArgs) -> Result<i32, Failure> {
         println!("removed stale pull {e}");
     }
     Ok(0)
+}
+
+/// The image tests' fixtures (OCI layouts, images), for the tests below.
+#[cfg(test)]
+#[path = "../../tests/images_common/mod.rs"]
+mod images_common;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(root: &std::path::Path, pull: Option<PullPolicy>) -> ImageOpts {
+        ImageOpts {
+            root: Some(root.to_path_buf()),
+            platform: None,
+            insecure_registry: vec![],
+            registry_ca: vec![],
+            creds: None,
+            pull,
+            max_image_bytes: None,
+            max_image_entries: None,
+            registry_timeout: 30.0,
+        }
+    }
+
+    /// `ensure_held` installs the image and holds it: `rmi` forgets the reference but leaves the
+    /// entry while the hold lives, `gc` removes it once the hold is dropped.
+    #[test]
+    fn ensure_held_pulls_and_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = tmp.path().join("layout");
+        let img = images_common::Image::simple("amd64", "held");
+        images_common::write_oci_layout(&layout, &[(&img, Some("v1"))], None);
+        let reference = format!("oci:{}:v1", layout.display());
+        let root = tmp.path().join("cache");
+        let io = opts(&root, None);
+        let (resolved, hold) = io
+            .ensure_held(&reference, store::default_ownership())
+            .unwrap();
+        assert_eq!(resolved.digest, img.digest());
+        assert!(resolved.rootfs[0].join("hello").is_file());
+        let s = Store::open(&root).unwrap();
+        let po = io.pull_options(store::default_ownership()).unwrap();
+        assert_eq!(s.remove(&reference, &po).unwrap(), Vec::<String>::new());
+        assert!(
+            resolved.entry.join("entry.json").is_file(),
+            "held entry removed"
+        );
+        drop(hold);
+        assert_eq!(s.gc().unwrap().entries.len(), 1);
+        assert!(!resolved.entry.exists());
+    }
+
+    /// With `--pull never` and nothing cached: a one-line error, status 125, no hold taken.
+    #[test]
+    fn ensure_held_never_pulls_when_told_not_to() {
+        let tmp = tempfile::tempdir().unwrap();
+        let io = opts(&tmp.path().join("cache"), Some(PullPolicy::Never));
+        let err = io
+            .ensure_held("example.invalid/never:v1", store::default_ownership())
+            .expect_err("nothing cached, --pull never");
+        assert_eq!(err.code, 125);
+        assert!(err.message.contains("not in the cache"), "{}", err.message);
+        assert_eq!(err.message.lines().count(), 1);
+    }
 }

@@ -189,6 +189,7 @@ pub fn spec(a: &RunArgs) -> Result<(SandboxSpec, Option<ImageHold>), Failure> {
     s.state_dir = Some(a.images.root.clone().unwrap_or_else(Store::default_root));
 
     // Last, once every flag is known to be good: find (or pull) the image.
+    nsrun::sandbox::plan::check(&s).map_err(|e| Failure::usage(e.to_string()))?;
     let mut hold = None;
     let (config, user_args) = match &a.rootfs {
         // With --rootfs there is no image: the first positional is the command.

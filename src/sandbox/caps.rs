@@ -264,8 +264,10 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// Child side, after the uid change (with `PR_SET_KEEPCAPS` set): makes `set` the effective,
-/// permitted and inheritable sets and clears the ambient set.
+/// Child side, after the uid change (with `PR_SET_KEEPCAPS` set): makes `set` the effective and
+/// permitted sets, empties the inheritable set and clears the ambient set. The inheritable set
+/// stays empty because a file with inheritable file capabilities would hand them to a non-root
+/// tool at exec, no_new_privs notwithstanding (CVE-2022-24769, fixed the same way in runc).
 ///
 /// Ambient capabilities stay empty, as in Docker: a tool run as a non-zero uid loses every
 /// capability at `execve`, and container root keeps what the bounding set allows.
@@ -281,12 +283,12 @@ pub fn apply(set: CapSet) -> Result<(), i32> {
         CapData {
             effective: lo,
             permitted: lo,
-            inheritable: lo,
+            inheritable: 0,
         },
         CapData {
             effective: hi,
             permitted: hi,
-            inheritable: hi,
+            inheritable: 0,
         },
     ];
     // SAFETY: header and data are live, correctly laid out (#[repr(C)]) for capset(2) version 3,

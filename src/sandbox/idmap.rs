@@ -28,7 +28,8 @@ pub const RANGE_SIZE: u32 = 65536;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UsernsMode {
-    /// Root: the dedicated range. Rootless: subordinate ids when configured, else single.
+    /// Root: the dedicated range. Rootless: subordinate ids when configured and the tool starts as
+    /// root, else single.
     #[default]
     Auto,
     /// One id: the caller becomes container root (or the `-u` uid).
@@ -74,12 +75,10 @@ pub enum IdmapError {
     },
     #[error("--userns subid: {0} is not installed (Debian/Ubuntu: apt-get install uidmap)")]
     NoHelper(&'static str),
-    #[error("container uid {0} is not mapped in this user namespace (single-id mode maps only one uid; use --userns subid or run as root)")]
-    UnmappedUid(u32),
-    #[error(
-        "container gid {0} is not mapped in this user namespace (single-id mode maps only one gid)"
-    )]
-    UnmappedGid(u32),
+    #[error("container uid {0} is not mapped: this run's user namespace maps uids {1}")]
+    UnmappedUid(u32, String),
+    #[error("container gid {0} is not mapped: this run's user namespace maps gids {1}")]
+    UnmappedGid(u32, String),
     #[error("--uid-base {base}: the range {base}..{end} must be unprivileged: above 0 and within 32 bits", end = *base as u64 + RANGE_SIZE as u64)]
     BadBase { base: u32 },
     #[error(
@@ -198,7 +197,12 @@ impl IdMap {
                 setgroups: true,
             });
         }
-        if mode != UsernsMode::Single && caller.uid != 0 {
+        // Rootless, the image's files all belong to the caller (see `image_ownership`). With
+        // subordinate ids the caller is container root, so a tool running as another user
+        // (an image's USER, -u) would find its own files owned by root; one id mapped straight
+        // to the tool's uid keeps them its own. The range pays off when the tool starts as root.
+        let auto_range = mode == UsernsMode::Auto && want.0 == 0;
+        if (auto_range || mode == UsernsMode::Subid) && caller.uid != 0 {
             match subid_map(caller, Path::new("/etc/subuid"), Path::new("/etc/subgid")) {
                 Ok(map) => return Ok(map),
                 Err(e) if mode == UsernsMode::Subid => return Err(e),
@@ -246,8 +250,10 @@ impl IdMap {
 
     /// Checks that the tool's ids exist in the namespace.
     pub fn check_ids(&self, uid: u32, gid: u32) -> Result<(), IdmapError> {
-        self.host_uid(uid).ok_or(IdmapError::UnmappedUid(uid))?;
-        self.host_gid(gid).ok_or(IdmapError::UnmappedGid(gid))?;
+        self.host_uid(uid)
+            .ok_or_else(|| IdmapError::UnmappedUid(uid, ranges(&self.uids)))?;
+        self.host_gid(gid)
+            .ok_or_else(|| IdmapError::UnmappedGid(gid, ranges(&self.gids)))?;
         Ok(())
     }
 
@@ -298,6 +304,15 @@ fn lookup(extents: &[Extent], id: u32) -> Option<u32> {
         .iter()
         .find(|e| id >= e.inside && id - e.inside < e.count)
         .map(|e| e.outside + (id - e.inside))
+}
+
+/// `0-65535`, `0, 1-65535`: the container ids a map covers, for messages.
+fn ranges(extents: &[Extent]) -> String {
+    let one = |e: &Extent| match e.count {
+        1 => e.inside.to_string(),
+        n => format!("{}-{}", e.inside, e.inside as u64 + n as u64 - 1),
+    };
+    extents.iter().map(one).collect::<Vec<_>>().join(", ")
 }
 
 fn render(extents: &[Extent]) -> String {
@@ -467,6 +482,19 @@ mod tests {
         assert!(!m.setgroups);
         assert!(m.check_ids(0, 0).is_err());
         assert_eq!(m.ownership(), Ownership::Squash { uid: 1234, gid: 99 });
+    }
+
+    #[test]
+    fn rootless_auto_maps_a_non_root_tool_to_the_caller() {
+        // Whatever /etc/subuid says: the range is only for tools that start as root.
+        let m = IdMap::decide(
+            UsernsMode::Auto,
+            Caller { uid: 1234, gid: 99 },
+            (1000, 1000),
+            None,
+        )
+        .unwrap();
+        assert_eq!((m.uids.len(), m.host_uid(1000)), (1, Some(1234)));
     }
 
     #[test]

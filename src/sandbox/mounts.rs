@@ -777,6 +777,7 @@ impl Planner<'_> {
     /// Docker's masked and read-only paths. What is a file and what a directory is read off the
     /// host's own /proc and /sys: the container sees the same kernel.
     fn masks(&mut self, proc_t: &Resolved, sys_t: &Resolved) -> Result<(), MountError> {
+        let mut null: Option<CString> = None;
         let inside = |p: &str| -> Resolved {
             let (base, rest) = match (p.strip_prefix("/proc/"), p.strip_prefix("/sys/")) {
                 (Some(rest), _) => (proc_t, rest),
@@ -804,7 +805,11 @@ impl Planner<'_> {
                 );
             } else {
                 // The host's /dev/null itself, not the container's: an image cannot hide it.
-                let null = self.source(Path::new("/dev/null"))?;
+                // One source serves every masked file.
+                let null = match &null {
+                    Some(n) => n.clone(),
+                    None => null.insert(self.source(Path::new("/dev/null"))?).clone(),
+                };
                 self.push(
                     mnt(Some(null), target, None, libc::MS_BIND, None),
                     format!("mask {p}"),

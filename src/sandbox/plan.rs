@@ -35,6 +35,8 @@ pub enum PlanError {
     BadHostname(String),
     #[error("working directory {0:?} must be an absolute path")]
     BadCwd(String),
+    #[error("--memory {0}: the minimum memory limit is 6 MiB, as in Docker (nsrun's own setup needs some)")]
+    MemoryTooLow(u64),
     #[error("argument or variable contains a NUL byte: {0:?}")]
     Nul(String),
 }
@@ -93,21 +95,13 @@ impl Plan {
             spec.root_id_base,
         )?;
         idmap.check_ids(ident.uid, ident.gid)?;
-        let cwd = spec
-            .cwd
-            .clone()
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| "/".into());
-        if !cwd.starts_with('/') {
-            return Err(PlanError::BadCwd(cwd));
-        }
+        let cwd = working_dir(spec)?;
+        check_limits(spec)?;
         let hostname = spec
             .hostname
             .clone()
             .unwrap_or_else(|| run_id[..12.min(run_id.len())].to_string());
-        if hostname.is_empty() || hostname.len() > 64 || hostname.contains('\0') {
-            return Err(PlanError::BadHostname(hostname));
-        }
+        check_hostname(&hostname)?;
         let caps = CapSet::resolve(&spec.cap_add, &spec.cap_drop)?;
         // With CAP_SYS_ADMIN the tool could remount a bound rootfs read-write and write into
         // the cache other runs share; an overlay without an upper layer cannot be made writable.
@@ -157,6 +151,67 @@ impl Plan {
     }
 }
 
+/// Checks what can be checked of `spec` without its root filesystem: environment, working
+/// directory, hostname, capabilities, a seccomp profile file, volume sources and the id mapping.
+/// The CLI runs it before it pulls an image, so that a bad flag costs no download and leaves no
+/// cache entry behind; [`Plan::build`] checks all of it again, and the rest.
+pub fn check(spec: &SandboxSpec) -> Result<(), PlanError> {
+    for v in &spec.env {
+        check_env(v)?;
+    }
+    working_dir(spec)?;
+    check_limits(spec)?;
+    if let Some(h) = &spec.hostname {
+        check_hostname(h)?;
+    }
+    let caps = CapSet::resolve(&spec.cap_add, &spec.cap_drop)?;
+    if matches!(spec.seccomp, seccomp::SeccompSource::File(_)) {
+        seccomp::compile(&spec.seccomp, caps, spec.state_dir.as_deref())?;
+    }
+    for b in &spec.binds {
+        std::fs::metadata(&b.source).map_err(|e| MountError::BindSource(b.source.clone(), e))?;
+    }
+    IdMap::decide(spec.userns, Caller::current(), (0, 0), spec.root_id_base)?;
+    Ok(())
+}
+
+/// Docker's floor for `--memory`: below it the run dies of OOM before the tool starts.
+const MIN_MEMORY: u64 = 6 << 20;
+
+fn check_limits(spec: &SandboxSpec) -> Result<(), PlanError> {
+    match spec.limits.memory {
+        Some(m) if m < MIN_MEMORY => Err(PlanError::MemoryTooLow(m)),
+        _ => Ok(()),
+    }
+}
+
+fn working_dir(spec: &SandboxSpec) -> Result<String, PlanError> {
+    let cwd = spec
+        .cwd
+        .clone()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(PlanError::BadCwd(cwd));
+    }
+    Ok(cwd)
+}
+
+fn check_hostname(hostname: &str) -> Result<(), PlanError> {
+    if hostname.is_empty() || hostname.len() > 64 || hostname.contains('\0') {
+        return Err(PlanError::BadHostname(hostname.to_string()));
+    }
+    Ok(())
+}
+
+/// A `KEY=VALUE` pair with a non-empty key; returns the key.
+fn check_env(v: &str) -> Result<&str, PlanError> {
+    match v.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(k),
+        _ => Err(PlanError::BadEnv(v.to_string())),
+    }
+}
+
 /// The tool's environment: the caller's variables, then Docker's defaults for what is missing.
 fn environment(
     vars: &[String],
@@ -165,12 +220,7 @@ fn environment(
 ) -> Result<Vec<String>, PlanError> {
     let mut env: Vec<String> = Vec::with_capacity(vars.len() + 3);
     for v in vars {
-        let Some((k, _)) = v.split_once('=') else {
-            return Err(PlanError::BadEnv(v.clone()));
-        };
-        if k.is_empty() {
-            return Err(PlanError::BadEnv(v.clone()));
-        }
+        let k = check_env(v)?;
         // Later definitions win, as with repeated `-e`.
         env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k));
         env.push(v.clone());

@@ -49,6 +49,8 @@ pub enum RunError {
         what: &'static str,
         err: nix::errno::Errno,
     },
+    #[error("the run ran out of memory before the tool started: raise --memory")]
+    SetupOom,
     #[error("the sandbox's pid 1 exited before starting the tool (status {0})")]
     Vanished(i32),
 }
@@ -265,6 +267,9 @@ pub fn run(
                 peak_memory: None,
                 unenforced,
             });
+        }
+        if stats.as_ref().is_some_and(|s| s.oom_killed) {
+            return Err(RunError::SetupOom);
         }
         return Err(RunError::Vanished(status));
     };

@@ -133,12 +133,11 @@ fn parse_group(text: &str) -> Vec<GroupEntry> {
 /// Files are capped at 1 MiB: these are small text files, and the image is untrusted.
 pub fn read_in_root(layers: &[PathBuf], rel: &str) -> Option<String> {
     layers.iter().find_map(|layer| {
-        let fd = open_in_root(layer, rel, OFlag::O_RDONLY).ok()?;
-        let mut text = String::new();
-        std::fs::File::from(fd)
-            .take(1 << 20)
-            .read_to_string(&mut text)
-            .ok()?;
+        let file = std::fs::File::from(open_in_root(layer, rel, OFlag::O_RDONLY).ok()?);
+        // Sized from the start: these are read on every run.
+        let len = file.metadata().map_or(0, |m| m.len()).min(1 << 20) as usize;
+        let mut text = String::with_capacity(len + 1);
+        file.take(1 << 20).read_to_string(&mut text).ok()?;
         Some(text)
     })
 }

@@ -211,11 +211,20 @@ pub fn resolve_docker_archive(file: &Path) -> Result<LocalImage, StoreError> {
     let mut archive = tar::Archive::new(f);
     let mut members: HashMap<String, (u64, u64)> = HashMap::new();
     let mut symlinks: HashMap<String, String> = HashMap::new();
-    for entry in archive
-        .entries_with_seek()
-        .map_err(|e| src_err(&src, format!("reading tar: {e}")))?
-    {
-        let entry = entry.map_err(|e| src_err(&src, format!("reading tar: {e}")))?;
+    // The tar crate's parse errors quote the header bytes they reject: for a file that is not a
+    // tar at all, that is the file's content. Say what the file is not, never what it holds.
+    let not_archive = |e: std::io::Error| match e.raw_os_error() {
+        Some(_) => StoreError::io(file, "read", e),
+        None => src_err(
+            &src,
+            format!(
+                "{} is not a docker save tarball (not a tar archive)",
+                file.display()
+            ),
+        ),
+    };
+    for entry in archive.entries_with_seek().map_err(not_archive)? {
+        let entry = entry.map_err(not_archive)?;
         let name = String::from_utf8_lossy(&entry.path_bytes())
             .trim_start_matches("./")
             .to_string();
@@ -247,6 +256,15 @@ pub fn resolve_docker_archive(file: &Path) -> Result<LocalImage, StoreError> {
             verify: true,
         })
     };
+    if !members.contains_key("manifest.json") {
+        return Err(src_err(
+            &src,
+            format!(
+                "{} is not a docker save tarball (it has no manifest.json)",
+                file.display()
+            ),
+        ));
+    }
     let mf = member("manifest.json")?;
     let mut mbytes = Vec::new();
     mf.open()?

@@ -71,49 +71,66 @@ pub const SHARE_MIN_SIZE: u64 = 16 * 1024;
 /// The first host id of the range container ids map to when nsrun runs as root.
 pub const ROOT_ID_BASE: u32 = crate::sandbox::idmap::DEFAULT_ROOT_ID_BASE;
 
-/// Why a cache operation failed.
+/// Why a cache operation failed. Every message is one line: inner errors are cut at their first
+/// newline ([`one_line`]), since some (the `tar` crate's, a registry's error body) quote input.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {}: {}", path.display(), one_line(source))]
     Io {
         path: PathBuf,
         op: &'static str,
         source: std::io::Error,
     },
-    #[error(transparent)]
+    #[error("{}", one_line(.0))]
     Reference(#[from] ReferenceError),
-    #[error(transparent)]
+    #[error("{}", one_line(.0))]
     Registry(#[from] RegistryError),
-    #[error("{reference}: {source}")]
+    #[error("{reference}: {}", one_line(source))]
     Manifest {
         reference: String,
         source: ManifestError,
     },
-    #[error("{reference}: layer {layer}: {source}")]
+    #[error("{reference}: layer {layer}: {}", one_line(source))]
     Unpack {
         reference: String,
         layer: String,
         source: UnpackError,
     },
-    #[error("{reference}: layer {layer}: {source}")]
+    #[error("{reference}: {}", one_line(source))]
+    Ownership {
+        reference: String,
+        source: UnpackError,
+    },
+    #[error("{reference}: layer {layer}: {}", one_line(source))]
     Verify {
         reference: String,
         layer: String,
         source: FinishError,
     },
-    #[error("{source_ref}: {why}")]
+    #[error("{source_ref}: {}", one_line(why))]
     Source { source_ref: String, why: String },
-    #[error("image {0} is not in the cache (pull it, or use --pull missing)")]
+    #[error("image with reference {reference} was found but does not match the specified platform: wanted {wanted}, actual: {actual}")]
+    PlatformMismatch {
+        reference: String,
+        wanted: String,
+        actual: String,
+    },
+    #[error("image {} is not in the cache (pull it, or use --pull missing)", one_line(.0))]
     NotFound(String),
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {}: {source}", path.display())]
     Lock { path: PathBuf, source: nix::Error },
-    #[error("{path} is not valid JSON: {source}")]
+    #[error("{} is not valid JSON: {}", path.display(), one_line(source))]
     Json {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("pull task failed: {0}")]
+    #[error("pull task failed: {}", one_line(.0))]
     Task(String),
+}
+
+/// `e`'s message up to its first newline (marked with "(…)" when cut).
+pub fn one_line(e: &impl std::fmt::Display) -> String {
+    unpack::first_line(e)
 }
 
 impl StoreError {
@@ -312,9 +329,15 @@ impl Store {
     }
 
     /// Opens (creating if needed) the cache at `root`. A read-only cache can still be looked up.
+    ///
+    /// Creates nothing when the cache already exists (one `stat` per directory): it is opened on
+    /// every `nsrun run IMAGE`, cached or not.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         for sub in ["images", "staging", "locks", "trash"] {
             let p = root.join(sub);
+            if p.is_dir() {
+                continue;
+            }
             if let Err(e) = std::fs::create_dir_all(&p) {
                 if !p.is_dir() {
                     return Err(StoreError::io(&p, "mkdir", e));
@@ -381,7 +404,13 @@ impl Store {
             return Ok(None);
         };
         let key = Self::entry_key(&digest, &opts.ownership)?;
-        self.read_entry(&key, &canonical)
+        let found = self.read_entry(&key, &canonical)?;
+        // Without --platform the host's is the key, so an image pulled as it came (say arm64
+        // on an amd64 host) sits under the host platform; an explicit --platform must not run it.
+        if let (Some(_), Some(img)) = (&opts.platform, &found) {
+            check_platform(&canonical, &platform, &img.config)?;
+        }
+        Ok(found)
     }
 
     fn read_entry(&self, key: &str, reference: &str) -> Result<Option<ResolvedImage>, StoreError> {
@@ -443,6 +472,12 @@ impl Store {
         let source = Source::parse(reference)?;
         let platform = opts.platform()?;
         let canonical = source.canonical();
+        // Before any download: an ownership that would give files to host root is never
+        // installable (the unpacker refuses it too, this just fails first).
+        unpack::check_ownership(opts.ownership).map_err(|source| StoreError::Ownership {
+            reference: canonical.clone(),
+            source,
+        })?;
         let merr = |source| StoreError::Manifest {
             reference: canonical.clone(),
             source,
@@ -498,6 +533,21 @@ impl Store {
         plan: Plan,
         opts: &PullOptions,
     ) -> Result<ResolvedImage, StoreError> {
+        // An explicit platform is a promise about what runs: a single-platform image (or an index
+        // entry) whose config says otherwise is refused before it is recorded under that
+        // platform, as Docker does. Without one, any image is taken as it comes.
+        let early_config = match &opts.platform {
+            Some(_) => {
+                let bytes = self.config_bytes(&plan).await?;
+                let config = ImageConfig::parse(&bytes).map_err(|source| StoreError::Manifest {
+                    reference: canonical.to_string(),
+                    source,
+                })?;
+                check_platform(canonical, platform, &config)?;
+                Some(bytes)
+            }
+            None => None,
+        };
         let key = Self::entry_key(&plan.digest, &opts.ownership)?;
         let _lock = self.lock(&key).await?;
         if let Some(img) = self.read_entry(&key, canonical)? {
@@ -528,12 +578,9 @@ impl Store {
         }
         set_mode(&rootfs, 0o755)?;
 
-        let config_bytes = match &plan.fetch {
-            Fetch::Registry(c) => {
-                c.fetch_blob(&plan.manifest.config, manifest::MAX_CONFIG_BYTES)
-                    .await?
-            }
-            Fetch::Local { config, .. } => config.clone(),
+        let config_bytes = match early_config {
+            Some(b) => b,
+            None => self.config_bytes(&plan).await?,
         };
         let config = ImageConfig::parse(&config_bytes).map_err(|source| StoreError::Manifest {
             reference: canonical.to_string(),
@@ -574,6 +621,17 @@ impl Store {
             config,
             entry: dir,
             size: stats.bytes,
+        })
+    }
+
+    /// The image config of `plan`, fetched (and verified) from the registry or read locally.
+    async fn config_bytes(&self, plan: &Plan) -> Result<Vec<u8>, StoreError> {
+        Ok(match &plan.fetch {
+            Fetch::Registry(c) => {
+                c.fetch_blob(&plan.manifest.config, manifest::MAX_CONFIG_BYTES)
+                    .await?
+            }
+            Fetch::Local { config, .. } => config.clone(),
         })
     }
 
@@ -920,10 +978,25 @@ impl Store {
     /// reference uses. Returns the removed entry names.
     pub fn remove(&self, reference: &str, opts: &PullOptions) -> Result<Vec<String>, StoreError> {
         let digest = if reference.starts_with("sha256:") {
-            sha256_hex(reference).map_err(|e| StoreError::Source {
+            let hex = sha256_hex(reference).map_err(|e| StoreError::Source {
                 source_ref: reference.to_string(),
                 why: e.to_string(),
             })?;
+            // A digest nothing knows is an error, not a silent no-op: neither a reference points
+            // to it nor is an entry installed under it.
+            let referenced = self
+                .read_refs()?
+                .refs
+                .values()
+                .any(|e| e.digest == reference);
+            let prefix = format!("{hex}-");
+            let installed = self
+                .entries()?
+                .iter()
+                .any(|(name, _)| name.starts_with(&prefix));
+            if !referenced && !installed {
+                return Err(StoreError::NotFound(reference.to_string()));
+            }
             reference.to_string()
         } else {
             let canonical = Source::parse(reference)?.canonical();
@@ -1034,6 +1107,43 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+/// Refuses `config` when it names an os/architecture (or a variant, when `wanted` names one too)
+/// other than `wanted`. A config that names no os or architecture cannot be checked and passes.
+fn check_platform(
+    reference: &str,
+    wanted: &Platform,
+    config: &ImageConfig,
+) -> Result<(), StoreError> {
+    let (Some(os), Some(arch)) = (config.os.as_deref(), config.architecture.as_deref()) else {
+        return Ok(());
+    };
+    let mut actual_s = format!("{os}/{arch}");
+    if let Some(v) = config.variant.as_deref().filter(|v| !v.is_empty()) {
+        actual_s.push('/');
+        actual_s.push_str(v);
+    }
+    // Through the parser, so that `x86_64` in a config compares equal to `amd64`.
+    let matches = match Platform::parse(&actual_s) {
+        Ok(actual) => {
+            actual.os == wanted.os
+                && actual.architecture == wanted.architecture
+                && match (&actual.variant, &wanted.variant) {
+                    (Some(a), Some(w)) => a == w,
+                    _ => true,
+                }
+        }
+        Err(_) => false,
+    };
+    if matches {
+        return Ok(());
+    }
+    Err(StoreError::PlatformMismatch {
+        reference: reference.to_string(),
+        wanted: wanted.to_string(),
+        actual: one_line(&actual_s),
+    })
 }
 
 /// An entry's install lock and use lock, both held.

@@ -43,7 +43,7 @@ use nix::unistd::{fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags
 
 use sha2::{Digest, Sha256};
 
-use crate::sandbox::idmap::Ownership;
+use crate::sandbox::idmap::{Ownership, DEFAULT_ROOT_ID_BASE, RANGE_SIZE};
 
 /// Limits against decompression and entry-count bombs. They apply to a whole image (all layers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,10 @@ pub enum UnpackError {
         op: &'static str,
         source: Errno,
     },
-    #[error("layer entry {path:?}: writing file data failed: {source}")]
+    #[error(
+        "layer entry {path:?}: writing file data failed: {}",
+        first_line(source)
+    )]
     Write { path: String, source: io::Error },
     #[error("layer exceeds the uncompressed size limit of {limit} bytes (raise it with --max-image-bytes)")]
     TooLarge { limit: u64 },
@@ -93,9 +96,14 @@ pub enum UnpackError {
     TooManyEntries { limit: u64 },
     #[error("layer entry {path:?}: container id {id} is outside the mapped range of {size} ids")]
     IdOutOfRange { path: String, id: u64, size: u32 },
+    #[error("cannot unpack with ownership {ownership:?}: {why} (host ids must stay within 1..{max}; the default base is {DEFAULT_ROOT_ID_BASE} for {RANGE_SIZE} ids)", max = u32::MAX)]
+    BadOwnership {
+        ownership: Ownership,
+        why: &'static str,
+    },
     #[error("layer entry {path:?}: unsupported tar entry type {kind:?}")]
     UnsupportedType { path: String, kind: u8 },
-    #[error("reading layer tar stream failed: {0}")]
+    #[error("reading layer tar stream failed: {}", first_line(.0))]
     Tar(io::Error),
     #[error("cannot unpack with ownership {ownership:?} as uid {euid}: {why}")]
     Ownership {
@@ -249,13 +257,60 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// The first line of an error's message: inner errors (the `tar` crate's among them) may quote
+/// the bytes they choked on, newlines included, and nsrun's errors are one line.
+pub fn first_line(e: &impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    match s.split_once('\n') {
+        Some((first, _)) => format!("{} (…)", first.trim_end()),
+        None => s,
+    }
+}
+
+/// Refuses an ownership whose files could end up owned by host root, or by nobody we chose.
+/// Host id 0 inside a shifted range, or a range wrapping past `u32::MAX`, gives files to host
+/// root; id `u32::MAX` is `(uid_t)-1`, which chown reads as "leave unchanged" (the creator, root).
+/// The sandbox refuses such bases too ([`crate::sandbox::idmap::IdmapError::BadBase`]).
+pub fn check_ownership(ownership: Ownership) -> Result<(), UnpackError> {
+    let bad = |why| Err(UnpackError::BadOwnership { ownership, why });
+    match ownership {
+        Ownership::Squash { uid, gid } => {
+            if uid == u32::MAX || gid == u32::MAX {
+                return bad("id 4294967295 is chown's \"unchanged\", not an owner");
+            }
+        }
+        Ownership::Shift {
+            uid_base,
+            gid_base,
+            size,
+        } => {
+            if size == 0 {
+                return bad("an empty id range maps nothing");
+            }
+            if uid_base == 0 || gid_base == 0 {
+                return bad("a range starting at host id 0 maps container root to host root");
+            }
+            // base + size must not exceed u32::MAX: the last id mapped is then at most
+            // u32::MAX - 1, never the wrapped-around 0 nor the "unchanged" -1.
+            if uid_base.checked_add(size).is_none() || gid_base.checked_add(size).is_none() {
+                return bad("the range runs past the last 32-bit id and would wrap to host root");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn strip_setid(mode: u32) -> u32 {
     mode & 0o1777
 }
 
 impl Unpacker {
     /// Prepares to unpack into `root`, an existing, empty directory that only we write to.
+    ///
+    /// Fails with [`UnpackError::BadOwnership`] for an ownership that could hand files to host
+    /// root (see [`check_ownership`]), before touching anything.
     pub fn new(root: &Path, ownership: Ownership, limits: Limits) -> Result<Unpacker, UnpackError> {
+        check_ownership(ownership)?;
         let fd = nix::fcntl::open(
             root,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -730,7 +785,12 @@ impl Unpacker {
                             size,
                         });
                     }
-                    Ok(base + id as u32)
+                    // check_ownership made base + size fit in u32: no wrap to host root.
+                    base.checked_add(id as u32)
+                        .ok_or(UnpackError::BadOwnership {
+                            ownership: self.ownership,
+                            why: "the range runs past the last 32-bit id",
+                        })
                 };
                 Ok((check(uid, uid_base)?, check(gid, gid_base)?))
             }
