@@ -1,8 +1,8 @@
 //! cgroup limits: v2 first, v1 on hybrid hosts, rlimits when no cgroup can be had.
 //!
 //! A cgroup is a directory of text files, so this module is files, not a framework. For each run
-//! with limits, [`setup`] creates `<the cgroup nsrun runs in>/nsrun/<owner>-<run-id>` — in the unified
-//! hierarchy when the cgroup we live in delegates the needed controllers (its
+//! with limits, [`setup`] creates `<the cgroup nsrun runs in>/nsrun/<owner>-<run-id>` — in the
+//! unified hierarchy when the cgroup we live in delegates the needed controllers (its
 //! `cgroup.subtree_control`), else in each v1 hierarchy that is needed (memory, cpu, pids; memory
 //! also without a memory limit, for peak usage) — writes the limits, and hands back a [`RunCgroup`]. The parent writes
 //! the child's pid into it before releasing the child, so the tool is inside before it execs.
@@ -13,7 +13,7 @@
 //! field 22 of `/proc/<pid>/stat`, in clock ticks since boot). An nsrun killed with SIGKILL cannot
 //! remove its cgroups; [`sweep`] later removes every run cgroup in our own `nsrun/` levels whose
 //! owner is gone — no such pid, a pid now held by a process that started at another time, or a
-//! zombie — //! and never one whose owner still runs.
+//! zombie — and never one whose owner still runs.
 //!
 //! nsrun never changes a cgroup it did not create: no controller is enabled in, and no process is
 //! moved out of, the cgroup it runs in.
@@ -368,8 +368,8 @@ fn parse_owner(name: &str) -> Option<(u32, u64)> {
 }
 
 /// Whether the process that created a run cgroup is gone: no process has its pid, the one that
-/// has it started at another time (the pid was reused), or it is a zombie. When in doubt (its stat unreadable, say
-/// under `hidepid`), it is taken as alive.
+/// has it started at another time (the pid was reused), or it is a zombie. When in doubt (its
+/// stat unreadable, say under `hidepid`), it is taken as alive.
 fn owner_gone(pid: u32, start: u64) -> bool {
     // SAFETY: kill(2) with signal 0 only checks that the pid exists; nothing is sent.
     let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
