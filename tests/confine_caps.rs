@@ -4,8 +4,9 @@
 use nsrun::sandbox::caps::{self, cap_from_name, CapSet};
 
 /// Forks; the child enters a new user namespace (full capabilities there), runs `drop_bounding`
-/// and `apply` with `set`, then sends /proc/self/status back. Only raw syscalls in the child.
-fn status_after(set: CapSet) -> Result<String, String> {
+/// (walking up to `last_cap`) and `apply` with `set`, then sends /proc/self/status back. Only raw
+/// syscalls in the child.
+fn status_after_bounded(set: CapSet, last_cap: u32) -> Result<String, String> {
     let mut fds = [0i32; 2];
     // SAFETY: fds is a valid array of two ints.
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
@@ -19,7 +20,7 @@ fn status_after(set: CapSet) -> Result<String, String> {
             if libc::unshare(libc::CLONE_NEWUSER) != 0 {
                 libc::_exit(10);
             }
-            if caps::drop_bounding(set).is_err() {
+            if caps::drop_bounding(set, last_cap).is_err() {
                 libc::_exit(11);
             }
             if caps::apply(set).is_err() {
@@ -86,14 +87,21 @@ fn last_cap_mask() -> u64 {
     }
 }
 
-fn check(set: CapSet) {
-    let status = match status_after(set) {
-        Ok(s) => s,
+/// The child's /proc/self/status, or `None` (skipped outside CI) without user namespaces.
+fn status_or_skip(set: CapSet, last_cap: u32) -> Option<String> {
+    match status_after_bounded(set, last_cap) {
+        Ok(s) => Some(s),
         Err(e) if e.contains("unshare") && std::env::var("CI").as_deref() != Ok("true") => {
             eprintln!("skipped: {e} (unprivileged user namespaces disabled?)");
-            return;
+            None
         }
         Err(e) => panic!("{e}"),
+    }
+}
+
+fn check(set: CapSet) {
+    let Some(status) = status_or_skip(set, caps::last_cap()) else {
+        return;
     };
     let want = set.0 & last_cap_mask();
     assert_eq!(field(&status, "CapEff:"), want, "effective");
@@ -125,4 +133,39 @@ fn added_capabilities_are_kept() {
 #[test]
 fn all_capabilities_survive_when_asked() {
     check(CapSet::ALL);
+}
+
+#[test]
+fn last_cap_is_the_kernels() {
+    let want = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .unwrap()
+        .trim()
+        .parse::<u32>()
+        .unwrap();
+    assert_eq!(caps::last_cap(), want);
+    assert_eq!(caps::last_cap(), want, "cached value, same answer");
+}
+
+#[test]
+fn bounding_walk_stops_at_last_cap() {
+    // Told the kernel's last capability is 20, the walk drops 0..=20 only: the capabilities above
+    // stay in the bounding set, which shows no prctl is spent past the given bound.
+    let Some(status) = status_or_skip(CapSet(0), 20) else {
+        return;
+    };
+    let above_20 = last_cap_mask() & !((1u64 << 21) - 1);
+    assert_eq!(field(&status, "CapBnd:"), above_20, "bounding");
+}
+
+#[test]
+fn guessed_last_cap_past_the_kernels_still_drops_everything() {
+    // last_cap()'s fallback when /proc/sys/kernel/cap_last_cap is unreadable: 63. The kernel's
+    // EINVAL past its own last capability ends the walk without an error.
+    let Some(status) = status_or_skip(CapSet::default_set(), 63) else {
+        return;
+    };
+    assert_eq!(
+        field(&status, "CapBnd:"),
+        CapSet::default_set().0 & last_cap_mask()
+    );
 }

@@ -7,11 +7,30 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nsrun::sandbox::cgroup::{
-    apply_rlimits, setup, setup_at, setup_explained, Enforcement, Limits, RunCgroup,
+    apply_rlimits, setup, setup_at, setup_explained, sweep, sweep_at, Enforcement, Limits,
+    RunCgroup,
 };
 
 fn read(p: impl AsRef<Path>) -> String {
     std::fs::read_to_string(p.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", p.as_ref().display()))
+}
+
+/// Field 22 of `/proc/<pid>/stat`, the start time that tells a process from a later one with its pid.
+fn start_time(pid: u32) -> u64 {
+    let stat = read(format!("/proc/{pid}/stat"));
+    let after_comm = stat.rsplit_once(')').unwrap().1;
+    after_comm
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The directory name this process's run `run_id` gets: `<pid>-<start time>-<run id>`.
+fn owned(run_id: &str) -> String {
+    let me = std::process::id();
+    format!("{me}-{}-{run_id}", start_time(me))
 }
 
 fn all_limits() -> Limits {
@@ -53,7 +72,7 @@ fn v2_fake_tree_limits_stats_kill_remove() {
             .unwrap()
             .0,
     );
-    let dir = root.join("user.slice/app/nsrun/run1");
+    let dir = root.join("user.slice/app/nsrun").join(owned("run1"));
     assert!(cg.is_v2());
     assert_eq!(cg.v2_dir(), Some(dir.as_path()));
     let fd = cg.v2_dir_fd().unwrap().unwrap();
@@ -133,7 +152,7 @@ fn v2_swap_settings_and_only_needed_controllers() {
             .unwrap()
             .0,
     );
-    let dir = tmp.path().join("user.slice/app/nsrun/a");
+    let dir = tmp.path().join("user.slice/app/nsrun").join(owned("a"));
     assert_eq!(read(dir.join("memory.swap.max")), "max");
     assert!(!dir.join("cpu.max").exists() && !dir.join("pids.max").exists());
     drop(cg);
@@ -221,13 +240,14 @@ fn v1_fake_tree_limits_and_stats() {
         let cg = cgroup(setup_at(root, &proc_text, &limits, "r1").unwrap().0);
         assert!(!cg.is_v2());
         assert!(cg.v2_dir_fd().is_none());
-        let mem = root.join("memory/job/42/nsrun/r1");
+        let r1 = owned("r1");
+        let mem = root.join("memory/job/42/nsrun").join(&r1);
         let cpu = if comount {
-            root.join("cpu,cpuacct/nsrun/r1")
+            root.join("cpu,cpuacct/nsrun").join(&r1)
         } else {
-            root.join("cpu/nsrun/r1")
+            root.join("cpu/nsrun").join(&r1)
         };
-        let pids = root.join("pids/nsrun/r1");
+        let pids = root.join("pids/nsrun").join(&r1);
         assert_eq!(
             read(mem.join("memory.limit_in_bytes")),
             (64u64 << 20).to_string()
@@ -247,7 +267,7 @@ fn v1_fake_tree_limits_and_stats() {
         );
         if !comount {
             assert!(
-                !root.join("cpuacct/nsrun/r1").exists(),
+                !root.join("cpuacct/nsrun").join(&r1).exists(),
                 "no cgroup of its own for cpuacct"
             );
         }
@@ -290,7 +310,7 @@ fn run_id_collisions_and_bad_ids_are_errors() {
     let e = setup_at(tmp.path(), "0::/user.slice/app", &l, "same")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("nsrun/same"), "{e}");
+    assert!(e.contains(&format!("nsrun/{}", owned("same"))), "{e}");
     for bad in ["", "a/b", ".."] {
         assert!(
             setup_at(tmp.path(), "0::/user.slice/app", &l, bad).is_err(),
@@ -368,7 +388,7 @@ fn v1_for_real_limits_pids_and_cleans_up() {
     cg.add_pid(child.id() as i32).unwrap();
     let cgroup_file = read(format!("/proc/{}/cgroup", child.id()));
     assert!(
-        cgroup_file.contains(&format!("nsrun/{}", run_id("pids"))),
+        cgroup_file.contains(&format!("nsrun/{}", owned(&run_id("pids")))),
         "{cgroup_file}"
     );
     release(&mut child);
@@ -548,5 +568,299 @@ fn dropping_a_cgroup_with_processes_inside_leaves_nothing() {
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     for p in &paths {
         assert!(!p.exists(), "{} left behind", p.display());
+    }
+}
+
+/// A pid no process has: a child of ours, reaped.
+fn dead_pid() -> u32 {
+    let mut c = Command::new("/bin/true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+/// A child of ours that has exited and is not reaped yet: an owner killed while its parent is
+/// not looking. Reap it with `wait` when done.
+#[allow(clippy::zombie_processes)] // a zombie is what it makes; the caller reaps it
+fn zombie() -> Child {
+    let c = Command::new("/bin/true").spawn().unwrap();
+    for _ in 0..500 {
+        let stat = read(format!("/proc/{}/stat", c.id()));
+        if stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .trim_start()
+            .starts_with('Z')
+        {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("/bin/true did not exit");
+}
+
+/// Fills the `nsrun/` level `base` with run cgroups of a gone owner, of a zombie one, of a live
+/// one (us), of a reused pid (ours, with another start time), and with directories nsrun did not
+/// name; returns (the stale ones, the ones to keep, the zombie to reap).
+fn stale_and_live(base: &Path) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>, Child) {
+    let me = std::process::id();
+    let start = start_time(me);
+    let gone = dead_pid();
+    let z = zombie();
+    let stale = vec![
+        base.join(format!("{gone}-{start}-deadrun")),
+        base.join(format!("{me}-{}-reused-pid", start + 1)),
+        base.join(format!("{}-{}-zombie", z.id(), start_time(z.id()))),
+    ];
+    let keep = vec![
+        base.join(owned("live")),
+        base.join("0123456789abcdef"), // a run id alone: no owner to check
+        base.join(format!("x{gone}-{start}-y")),
+    ];
+    for d in stale.iter().chain(&keep) {
+        std::fs::create_dir_all(d).unwrap();
+        // A fake tree's pid list is not the kernel's: nothing may be killed from it.
+        std::fs::write(d.join("cgroup.procs"), format!("{me}\n")).unwrap();
+        std::fs::write(d.join("pids.max"), "5").unwrap();
+    }
+    // Not directories: never touched.
+    std::fs::write(base.join(format!("{gone}-{start}-afile")), "").unwrap();
+    std::os::unix::fs::symlink(&keep[0], base.join(format!("{gone}-{start}-alink"))).unwrap();
+    (stale, keep, z)
+}
+
+fn sorted(mut v: Vec<std::path::PathBuf>) -> Vec<std::path::PathBuf> {
+    v.sort();
+    v
+}
+
+#[test]
+fn v2_fake_tree_sweep_removes_only_run_cgroups_of_gone_owners() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fake_v2(root, "cpu memory pids");
+    let base = root.join("user.slice/app/nsrun");
+    std::fs::create_dir_all(&base).unwrap();
+    let (stale, keep, mut z) = stale_and_live(&base);
+    // Outside our nsrun/ level: a cgroup named like a stale run, a sibling's nsrun/ level.
+    let gone = dead_pid();
+    let outside = [
+        root.join(format!("user.slice/app/{gone}-1-run")),
+        root.join(format!("user.slice/other/nsrun/{gone}-1-run")),
+    ];
+    for d in &outside {
+        std::fs::create_dir_all(d).unwrap();
+    }
+
+    let removed = sweep_at(root, "0::/user.slice/app\n").unwrap();
+    assert_eq!(sorted(removed), sorted(stale.clone()));
+    for d in &stale {
+        assert!(!d.exists(), "{} left", d.display());
+    }
+    for d in keep.iter().chain(&outside) {
+        assert!(d.is_dir(), "{} removed", d.display());
+    }
+    assert_eq!(
+        read(keep[0].join("cgroup.procs")),
+        format!("{}\n", std::process::id())
+    );
+    assert!(base.is_dir(), "the nsrun level stays for concurrent runs");
+    z.wait().unwrap();
+    assert_eq!(
+        sweep_at(root, "0::/user.slice/app\n").unwrap(),
+        Vec::<std::path::PathBuf>::new(),
+        "nothing left to sweep"
+    );
+}
+
+#[test]
+fn v1_fake_tree_sweep_covers_every_hierarchy_and_keeps_live_runs() {
+    for comount in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let proc_text = fake_hybrid(root, comount);
+        // A live run made by setup, in all three hierarchies.
+        let live = cgroup(
+            setup_at(root, &proc_text, &all_limits(), "running")
+                .unwrap()
+                .0,
+        );
+        let live_dirs: Vec<_> = live.paths().map(Path::to_path_buf).collect();
+        let cpu = if comount { "cpu,cpuacct" } else { "cpu" };
+        let mut want = Vec::new();
+        let mut keep = live_dirs.clone();
+        let mut zombies = Vec::new();
+        for base in ["memory/job/42/nsrun", &format!("{cpu}/nsrun"), "pids/nsrun"] {
+            let (s, k, z) = stale_and_live(&root.join(base));
+            want.extend(s);
+            keep.extend(k);
+            zombies.push(z);
+        }
+        // cpuacct has no nsrun level of ours unless co-mounted; one found there is not looked at.
+        if !comount {
+            let d = root.join(format!("cpuacct/nsrun/{}-1-x", dead_pid()));
+            std::fs::create_dir_all(&d).unwrap();
+            keep.push(d);
+        }
+        let removed = sweep_at(root, &proc_text).unwrap();
+        assert_eq!(sorted(removed), sorted(want.clone()), "comount {comount}");
+        for d in &want {
+            assert!(!d.exists(), "{} left", d.display());
+        }
+        for d in &keep {
+            assert!(d.is_dir(), "{} removed", d.display());
+        }
+        live.remove().unwrap();
+        for mut z in zombies {
+            z.wait().unwrap();
+        }
+    }
+}
+
+/// Not a test of its own: the owner process for `sweep_removes_the_cgroups_of_a_killed_owner`,
+/// started by it as a copy of this test binary. It sets up a run cgroup, joins it, leaves a
+/// process inside, prints the cgroup's directories and waits to be killed.
+#[test]
+#[ignore = "the owner process of sweep_removes_the_cgroups_of_a_killed_owner, run by it"]
+fn sweep_owner_helper() {
+    if std::env::var_os("NSRUN_SWEEP_OWNER").is_none() {
+        return;
+    }
+    let limits = Limits {
+        pids: Some(20),
+        memory: Some(64 << 20),
+        cpus: Some(1.0),
+        ..Default::default()
+    };
+    let cg = cgroup(setup(&limits, "killed-owner").unwrap());
+    cg.add_pid(std::process::id() as i32).unwrap();
+    // Spawned after joining, so inside: what a sandbox leaves when its pid 1 outlives nsrun.
+    let mut orphan = Command::new("/bin/sleep").arg("60").spawn().unwrap();
+    for p in cg.paths() {
+        println!("{}", p.display());
+    }
+    std::io::stdout().flush().unwrap();
+    std::mem::forget(cg); // the owner is killed before it could remove anything
+    let _ = orphan.wait();
+}
+
+#[test]
+fn sweep_removes_the_cgroups_of_a_killed_owner() {
+    if !is_root() {
+        return; // unprivileged: see unprivileged_sweep_is_a_quiet_no_op
+    }
+    if let Err(why) = host_has_v1() {
+        return skip_or_fail(&why);
+    }
+    use std::io::BufRead;
+    let mut owner = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "sweep_owner_helper", "--nocapture"])
+        .env("NSRUN_SWEEP_OWNER", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut dirs = Vec::new();
+    for line in std::io::BufReader::new(owner.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("/sys/fs/cgroup/") {
+            dirs.push(std::path::PathBuf::from(line));
+            if dirs.len() == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(dirs.len(), 3, "memory, cpu and pids cgroups: {dirs:?}");
+    let name = format!("{}-{}-killed-owner", owner.id(), start_time(owner.id()));
+    let pids_dir = dirs
+        .iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/pids"))
+        .unwrap();
+    assert!(pids_dir.ends_with(&name), "{}", pids_dir.display());
+    let inside = read(pids_dir.join("cgroup.procs"));
+    assert_eq!(inside.lines().count(), 2, "owner and its orphan: {inside}");
+    // A live run of ours at the same time: it must survive the sweep.
+    let live = cgroup(
+        setup(
+            &Limits {
+                pids: Some(5),
+                ..Default::default()
+            },
+            &run_id("live"),
+        )
+        .unwrap(),
+    );
+    let live_dirs: Vec<_> = live.paths().map(Path::to_path_buf).collect();
+
+    let orphan: i32 = inside
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .find(|p| *p != owner.id() as i32)
+        .unwrap();
+    owner.kill().unwrap(); // SIGKILL: no chance to clean up
+    owner.wait().unwrap();
+    assert!(
+        dirs.iter().all(|d| d.is_dir()),
+        "left behind by the killed owner"
+    );
+
+    let removed = sweep().unwrap();
+    for d in &dirs {
+        assert!(!d.exists(), "{} not swept", d.display());
+        assert!(
+            removed.contains(d),
+            "{} not reported: {removed:?}",
+            d.display()
+        );
+    }
+    for d in &live_dirs {
+        assert!(d.is_dir(), "live run {} swept", d.display());
+        assert!(!removed.contains(d));
+    }
+    // The orphan was killed; init reaps it, as it is nobody's child now.
+    let gone = |pid: i32| match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .trim_start()
+            .starts_with('Z'),
+    };
+    for _ in 0..100 {
+        if gone(orphan) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        gone(orphan),
+        "the process left inside, {orphan}, still runs"
+    );
+    live.remove().unwrap();
+}
+
+#[test]
+fn unprivileged_sweep_is_a_quiet_no_op() {
+    if is_root() {
+        return; // root can write its cgroups: see sweep_removes_the_cgroups_of_a_killed_owner
+    }
+    let probe = Limits {
+        pids: Some(5),
+        ..Default::default()
+    };
+    match setup_explained(&probe, &run_id("probe")).unwrap() {
+        (Enforcement::Rlimits { .. }, Some(_)) => {
+            // No cgroup this user may write: nothing to sweep, and no error for trying.
+            assert_eq!(sweep().unwrap(), Vec::<std::path::PathBuf>::new());
+        }
+        (Enforcement::Cgroup(cg), _) => {
+            // A delegated cgroup: the sweep runs, and must leave our live run alone.
+            let dirs: Vec<_> = cg.paths().map(Path::to_path_buf).collect();
+            let removed = sweep().unwrap();
+            assert!(dirs.iter().all(|d| d.is_dir() && !removed.contains(d)));
+            cg.remove().unwrap();
+        }
+        other => panic!("unexpected {other:?}"),
     }
 }

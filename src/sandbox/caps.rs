@@ -1,7 +1,8 @@
 //! Capabilities kept by the tool.
 //!
 //! The parent resolves `--cap-add`/`--cap-drop` into a [`CapSet`] (a bitmask); the child applies it
-//! with two allocation-free calls: [`drop_bounding`] while it still holds every capability of its
+//! with two allocation-free calls: [`drop_bounding`] (bounded by [`last_cap`], which the parent
+//! reads) while it still holds every capability of its
 //! user namespace, then [`apply`] after the uid change.
 //!
 //! # The default set, and why it is smaller than Docker's
@@ -199,12 +200,36 @@ fn errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
-/// Child side, before the uid change: drops every capability not in `set` from the bounding set.
+/// The highest capability number this kernel knows (`/proc/sys/kernel/cap_last_cap`), read once
+/// per process; 63 (every bit of a [`CapSet`]) when it cannot be read, so that nothing the kernel
+/// knows escapes [`drop_bounding`] (numbers past the kernel's last one then cost one EINVAL each).
 ///
-/// Walks capability numbers upwards until the kernel answers EINVAL (past `cap_last_cap`), so
-/// capabilities newer than this table are dropped too. Allocation-free; returns the errno.
-pub fn drop_bounding(set: CapSet) -> Result<(), i32> {
-    for cap in 0..64u32 {
+/// Parent side: it reads a file and caches the value, so call it before forking and hand the
+/// number to the child.
+///
+/// ```
+/// let last = nsrun::sandbox::caps::last_cap();
+/// assert!((37..=63).contains(&last)); // CAP_AUDIT_READ (Linux 3.16) at least; 63 fits a CapSet
+/// ```
+pub fn last_cap() -> u32 {
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .map_or(63, |n| n.min(63))
+    })
+}
+
+/// Child side, before the uid change: drops every capability in `0..=last_cap` that is not in
+/// `set` from the bounding set — one `PR_CAPBSET_DROP` per dropped capability, none for the kept
+/// ones or past the kernel's last capability (`last_cap` comes from [`last_cap`], read by the
+/// parent), so capabilities newer than this crate's table are dropped too.
+///
+/// A number above the kernel's last capability (when `last_cap` was guessed) answers EINVAL,
+/// which ends the walk: there is nothing above it to drop. Allocation-free; returns the errno.
+pub fn drop_bounding(set: CapSet, last_cap: u32) -> Result<(), i32> {
+    for cap in 0..=last_cap.min(63) {
         if set.contains(cap) {
             continue;
         }

@@ -1,13 +1,19 @@
 //! cgroup limits: v2 first, v1 on hybrid hosts, rlimits when no cgroup can be had.
 //!
 //! A cgroup is a directory of text files, so this module is files, not a framework. For each run
-//! with limits, [`setup`] creates `<the cgroup nsrun runs in>/nsrun/<run-id>` — in the unified
-//! hierarchy when the cgroup we live in delegates the needed controllers (its
+//! with limits, [`setup`] creates `<the cgroup nsrun runs in>/nsrun/<owner>-<run-id>` — in the
+//! unified hierarchy when the cgroup we live in delegates the needed controllers (its
 //! `cgroup.subtree_control`), else in each v1 hierarchy that is needed (memory, cpu, pids; memory
 //! also without a memory limit, for peak usage) — writes the limits, and hands back a [`RunCgroup`]. The parent writes
 //! the child's pid into it before releasing the child, so the tool is inside before it execs.
 //! After the run, [`RunCgroup::stats`] says whether the OOM killer fired, the peak memory and the
 //! CPU time, and [`RunCgroup::remove`] deletes the directories.
+//!
+//! `<owner>` is `<pid>-<start time>` of the nsrun process that called [`setup`] (the start time is
+//! field 22 of `/proc/<pid>/stat`, in clock ticks since boot). An nsrun killed with SIGKILL cannot
+//! remove its cgroups; [`sweep`] later removes every run cgroup in our own `nsrun/` levels whose
+//! owner is gone — no such pid, a pid now held by a process that started at another time, or a
+//! zombie — and never one whose owner still runs.
 //!
 //! nsrun never changes a cgroup it did not create: no controller is enabled in, and no process is
 //! moved out of, the cgroup it runs in.
@@ -162,6 +168,9 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
+    /// The start time of a process could not be read from `/proc/<pid>/stat`.
+    #[error("reading the start time of process {pid} from /proc/{pid}/stat: {why}")]
+    StartTime { pid: u32, why: String },
     /// A cgroup directory could not be removed.
     #[error("removing cgroup {path}: {source}")]
     Remove {
@@ -248,7 +257,9 @@ pub struct RunCgroup {
 
 /// Creates the run's cgroup (or decides on rlimits), on this host.
 ///
-/// `run_id` names the directory (`…/nsrun/<run_id>`); it must be unique among live runs.
+/// `run_id` names the directory (`…/nsrun/<pid>-<start time>-<run_id>`, the pid and start time
+/// of this process, so that [`sweep`] can tell when its owner is gone); it must be unique among
+/// this process's live runs.
 pub fn setup(limits: &Limits, run_id: &str) -> Result<Enforcement, CgroupError> {
     Ok(setup_explained(limits, run_id)?.0)
 }
@@ -283,6 +294,8 @@ pub fn setup_at(
         return Err(CgroupError::InvalidRunId(run_id.into()));
     }
     let entries = parse_proc_self_cgroup(proc_self_cgroup)?;
+    let name = run_dir_name(run_id)?;
+    let run_id = name.as_str();
     let mut why_not = Vec::new();
     match v2::try_create(fs_root, &entries, limits, run_id)? {
         Ok(cg) => return Ok((Enforcement::Cgroup(cg), None)),
@@ -294,6 +307,195 @@ pub fn setup_at(
     }
     let reason = format!("no cgroup could be created: {}", why_not.join("; "));
     Ok((rlimit_fallback(limits), Some(reason)))
+}
+
+/// The directory name of run `run_id` owned by this process: `<pid>-<start time>-<run_id>`.
+fn run_dir_name(run_id: &str) -> Result<String, CgroupError> {
+    // Cached per pid: a forked copy of this process is another owner.
+    static OWNER: std::sync::Mutex<Option<(u32, u64)>> = std::sync::Mutex::new(None);
+    let pid = std::process::id();
+    let mut owner = OWNER.lock().unwrap_or_else(|e| e.into_inner());
+    let start = match *owner {
+        Some((p, start)) if p == pid => start,
+        _ => {
+            let start = start_time(pid)?;
+            *owner = Some((pid, start));
+            start
+        }
+    };
+    Ok(format!("{pid}-{start}-{run_id}"))
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot. With the
+/// pid, it names one process for the life of the system, even after the pid is reused.
+fn start_time(pid: u32) -> Result<u64, CgroupError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| {
+        CgroupError::StartTime {
+            pid,
+            why: e.to_string(),
+        }
+    })?;
+    parse_start_time(&text).ok_or_else(|| CgroupError::StartTime {
+        pid,
+        why: format!("unexpected contents {text:?}"),
+    })
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces and ')': fields 3.. follow
+    // the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// Field 3 of `/proc/<pid>/stat`: the process state (`R`, `S`, … `Z` for a zombie).
+fn parse_state(stat: &str) -> Option<char> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next()?.chars().next()
+}
+
+/// The owner of a run cgroup, from its directory name; `None` for names not of this form (a
+/// directory nsrun did not create, or one from before owners were recorded: left alone).
+fn parse_owner(name: &str) -> Option<(u32, u64)> {
+    let mut parts = name.splitn(3, '-');
+    let (pid, start, run_id) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(start) || run_id.is_empty() {
+        return None;
+    }
+    let pid: u32 = pid.parse().ok()?;
+    (pid > 0 && pid <= i32::MAX as u32).then_some((pid, start.parse().ok()?))
+}
+
+/// Whether the process that created a run cgroup is gone: no process has its pid, the one that
+/// has it started at another time (the pid was reused), or it is a zombie. When in doubt (its
+/// stat unreadable, say under `hidepid`), it is taken as alive.
+fn owner_gone(pid: u32, start: u64) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the pid exists; nothing is sent.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return true;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie (its parent killed too, and not reaped yet) has left its cgroups for good.
+        Ok(text) => {
+            parse_state(&text).is_some_and(|st| st == 'Z' || st == 'X')
+                || parse_start_time(&text).is_some_and(|s| s != start)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Removes the run cgroups whose owner is gone from our own `nsrun/` levels, on this host; returns
+/// the directories removed. See [`sweep_at`].
+pub fn sweep() -> Result<Vec<PathBuf>, CgroupError> {
+    let text = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| CgroupError::ProcSelf(e.to_string()))?;
+    sweep_at(Path::new("/sys/fs/cgroup"), &text)
+}
+
+/// [`sweep`] against the cgroupfs mounted at `fs_root`, for a process whose `/proc/self/cgroup`
+/// reads `proc_self_cgroup`.
+///
+/// Looks only at the `nsrun/` level below the cgroup we run in — in the unified hierarchy and in
+/// the v1 memory, cpu and pids hierarchies, where [`setup`] creates them — and there only at
+/// directories named `<pid>-<start time>-<run id>`. One whose owner is gone has whatever is still
+/// inside killed (normally nothing: the sandbox's processes die with its pid 1), then is removed
+/// with any cgroups below it. The `nsrun/` level itself stays, as a concurrent [`setup`] may be
+/// creating a cgroup in it. A level this process may not write to is skipped without error (an
+/// unprivileged user sweeping a host where only root's runs have cgroups). Every stale cgroup
+/// is tried; the first failure, if any, is returned after.
+pub fn sweep_at(fs_root: &Path, proc_self_cgroup: &str) -> Result<Vec<PathBuf>, CgroupError> {
+    let entries = parse_proc_self_cgroup(proc_self_cgroup)?;
+    // Our own cgroup only: a path that climbs out of a cgroup namespace ("/../x") is not ours.
+    let entries: Vec<Entry> = entries
+        .into_iter()
+        .filter(|e| {
+            !Path::new(&e.path)
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        })
+        .collect();
+    let mut levels: Vec<(PathBuf, Kind, bool)> = Vec::new();
+    if let Some((base, emulated)) = v2::nsrun_level(fs_root, &entries) {
+        levels.push((base, Kind::V2, emulated));
+    }
+    for (base, emulated) in v1::nsrun_levels(fs_root, &entries) {
+        if !levels.iter().any(|(b, _, _)| *b == base) {
+            levels.push((base, Kind::V1, emulated));
+        }
+    }
+    let mut removed = Vec::new();
+    let mut first_err = None;
+    for (base, kind, emulated) in levels {
+        // rmdir needs write access to the nsrun level; without it nothing here is ours to sweep.
+        if nix::unistd::access(
+            &base,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_err()
+        {
+            continue;
+        }
+        let dir = match std::fs::read_dir(&base) {
+            Ok(d) => d,
+            Err(e) if is_denied(&e) => continue,
+            Err(source) => {
+                first_err.get_or_insert(CgroupError::Read { path: base, source });
+                continue;
+            }
+        };
+        for entry in dir.flatten() {
+            // Not followed: a symlink here is no cgroup of ours.
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name();
+            let Some((pid, start)) = name.to_str().and_then(parse_owner) else {
+                continue;
+            };
+            if !owner_gone(pid, start) {
+                continue;
+            }
+            let path = entry.path();
+            match remove_stale(&path, &kind, emulated) {
+                Ok(()) => removed.push(path),
+                Err(CgroupError::Remove { source, .. }) if is_denied(&source) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+    }
+    first_err.map_or(Ok(removed), Err)
+}
+
+/// Kills what is left in a stale run cgroup and removes it, cgroups below it first (a tool may
+/// have made some when its cgroup was delegated to it).
+fn remove_stale(dir: &Path, kind: &Kind, emulated: bool) -> Result<(), CgroupError> {
+    if !emulated {
+        let subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| CgroupError::Read {
+                path: dir.into(),
+                source,
+            })?
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        for sub in subdirs {
+            remove_stale(&sub, kind, emulated)?;
+        }
+    }
+    let cg = RunCgroup {
+        kind: kind.clone(),
+        dirs: vec![(String::new(), dir.to_path_buf())],
+        emulated,
+        unenforced: Vec::new(),
+        removed: true,
+    };
+    cg.kill_all();
+    remove_dir(dir, emulated)
 }
 
 fn rlimit_fallback(limits: &Limits) -> Enforcement {
@@ -689,6 +891,39 @@ mod tests {
         }
         .validate()
         .is_ok());
+    }
+
+    #[test]
+    fn start_time_is_field_22_even_with_odd_command_names() {
+        let stat = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 \
+                    1000 200 18446744073709551615";
+        assert_eq!(parse_start_time(stat), Some(987654));
+        assert_eq!(parse_state(stat), Some('S'));
+        assert_eq!(parse_start_time("1 (x) S 0"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(parse_start_time(&own).is_some_and(|t| t > 0), "{own}");
+    }
+
+    #[test]
+    fn owner_is_read_from_the_name_or_not_at_all() {
+        assert_eq!(parse_owner("123-456-abc-def"), Some((123, 456)));
+        for not_ours in [
+            "0123abcdef",      // a run id alone: no owner recorded
+            "test-pids-77",    // a name of someone else's
+            "12-34-",          // no run id
+            "12--ab",          // no start time
+            "0-5-ab",          // pid 0 is no process
+            "+12-34-ab",       // not plain digits
+            "99999999999-1-a", // not a pid
+        ] {
+            assert_eq!(parse_owner(not_ours), None, "{not_ours}");
+        }
+        let me = std::process::id();
+        let name = run_dir_name("r").unwrap();
+        let (pid, start) = parse_owner(&name).unwrap();
+        assert_eq!(pid, me);
+        assert!(!owner_gone(pid, start), "we are alive");
+        assert!(owner_gone(pid, start + 1), "same pid, another process");
     }
 
     #[test]

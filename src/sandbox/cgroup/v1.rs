@@ -32,6 +32,21 @@ fn hierarchy(
     Some((mount, ours, entry.controllers.join(",")))
 }
 
+/// The `nsrun/` levels below our cgroup in the hierarchies [`try_create`] uses (memory, cpu,
+/// pids), each once, with whether it is a fake tree.
+pub(super) fn nsrun_levels(fs_root: &Path, entries: &[Entry]) -> Vec<(PathBuf, bool)> {
+    let mut out: Vec<(PathBuf, bool)> = Vec::new();
+    for controller in ["memory", "cpu", "pids"] {
+        if let Some((mount, ours, _)) = hierarchy(fs_root, entries, controller) {
+            let base = ours.join("nsrun");
+            if !out.iter().any(|(b, _)| *b == base) {
+                out.push((base, !is_cgroupfs(&mount)));
+            }
+        }
+    }
+    out
+}
+
 /// Creates `<our cgroup>/nsrun/<run_id>` in each needed hierarchy, or says (inner `Err`) why v1
 /// cannot serve. Nothing is left behind on failure.
 pub(super) fn try_create(

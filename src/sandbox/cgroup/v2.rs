@@ -20,6 +20,13 @@ fn words(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_string).collect()
 }
 
+/// The `nsrun/` level below our cgroup in the unified hierarchy, with whether it is a fake tree.
+pub(super) fn nsrun_level(fs_root: &Path, entries: &[Entry]) -> Option<(PathBuf, bool)> {
+    let entry = entries.iter().find(|e| e.controllers.is_empty())?;
+    let mount = mount_point(fs_root)?;
+    Some((mount.join(&entry.path).join("nsrun"), !is_cgroupfs(&mount)))
+}
+
 /// Creates `<our cgroup>/nsrun/<run_id>` with `limits`, or says (inner `Err`) why v2 cannot serve.
 pub(super) fn try_create(
     fs_root: &Path,
