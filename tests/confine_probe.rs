@@ -30,6 +30,8 @@ fn run_confined(
     let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // Read before fork: the child must not allocate.
+    let last_cap = caps::last_cap();
     // Root first becomes an ordinary uid, so that (as in a rootful nsrun run, which maps the
     // container to an unprivileged host range) RLIMIT_NPROC and capability rules apply to it.
     // SAFETY: getuid/getgid have no preconditions.
@@ -76,7 +78,7 @@ fn run_confined(
                 }
                 libc::close(fd);
             }
-            if caps::drop_bounding(caps_set).is_err() {
+            if caps::drop_bounding(caps_set, last_cap).is_err() {
                 libc::_exit(121);
             }
             if caps::apply(caps_set).is_err() {

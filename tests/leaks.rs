@@ -16,61 +16,6 @@ struct HostState {
     cgroups: Vec<String>,
 }
 
-/// Run cgroups below ours, in every hierarchy: `<our cgroup>/nsrun/<run id>`. Hierarchies are
-/// found in /proc/self/mountinfo (v1 controllers by their super options, v2 as cgroup2), so
-/// the check looks where the cgroups really are, whatever the host's layout.
-fn run_cgroups() -> Vec<String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    // (mount point, controllers) for each cgroup mount; v2 has no controllers in this sense.
-    let mounts: Vec<(String, Option<Vec<String>>)> = mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mut post = post.split_whitespace();
-            let fstype = post.next()?;
-            let point = pre.split_whitespace().nth(4)?.to_string();
-            match fstype {
-                "cgroup2" => Some((point, None)),
-                "cgroup" => {
-                    let opts = post.nth(1)?;
-                    Some((point, Some(opts.split(',').map(String::from).collect())))
-                }
-                _ => None,
-            }
-        })
-        .collect();
-    assert!(!mounts.is_empty(), "no cgroup filesystem mounted");
-    let mut out = Vec::new();
-    for line in std::fs::read_to_string("/proc/self/cgroup")
-        .unwrap()
-        .lines()
-    {
-        let mut f = line.splitn(3, ':');
-        let (_, controllers, path) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
-        let mount = mounts.iter().find(|(_, c)| match c {
-            None => controllers.is_empty(),
-            Some(opts) => {
-                !controllers.is_empty()
-                    && controllers.split(',').all(|k| opts.iter().any(|o| o == k))
-            }
-        });
-        let Some((point, _)) = mount else { continue };
-        let dir = std::path::Path::new(point)
-            .join(path.trim_start_matches('/'))
-            .join("nsrun");
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            out.extend(
-                entries
-                    .filter_map(|e| e.ok())
-                    .filter(|e| e.path().is_dir())
-                    .map(|e| e.path().display().to_string()),
-            );
-        }
-    }
-    out.sort();
-    out
-}
-
 fn host_state() -> HostState {
     let me = std::process::id().to_string();
     let children = std::fs::read_dir("/proc")

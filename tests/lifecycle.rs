@@ -120,3 +120,53 @@ fn nothing_survives_a_sigkill_of_nsrun() {
         pids_with(&tok)
     );
 }
+
+#[test]
+fn gc_removes_the_cgroups_a_sigkilled_run_leaves() {
+    let tok = token("gc");
+    let mut child = nsrun(
+        &["--memory", "64m", "--pids-limit", "64"],
+        &[
+            "/bin/sh",
+            "-c",
+            "echo ready; while :; do sleep 1; done",
+            &tok,
+        ],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let owner = format!("/{}-", child.id());
+    let mine = |cgs: Vec<String>| {
+        cgs.into_iter()
+            .filter(|c| c.contains(&owner))
+            .collect::<Vec<_>>()
+    };
+    // Root gets a cgroup of its own per run; rootless has none to leave behind (rlimits).
+    assert_eq!(
+        mine(run_cgroups()).is_empty(),
+        !is_root(),
+        "{:?}",
+        run_cgroups()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || pids_with(&tok).is_empty()));
+    let cache = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(nsrun_bin())
+        .args(["gc", "--root", cache.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    assert_eq!(
+        mine(run_cgroups()),
+        Vec::<String>::new(),
+        "gc said: {}",
+        stdout(&o)
+    );
+}

@@ -342,6 +342,11 @@ pub fn gc(a: GcArgs) -> Result<i32, Failure> {
     for e in &r.staging {
         println!("removed stale pull {e}");
     }
+    // What a run killed with SIGKILL leaves behind: its cgroups, under ours.
+    let swept = nsrun::sandbox::cgroup::sweep().map_err(fail)?;
+    for c in &swept {
+        println!("removed leftover run cgroup {}", c.display());
+    }
     Ok(0)
 }
 

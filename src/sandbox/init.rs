@@ -124,7 +124,7 @@ fn exec_tool(plan: &Plan, err_w: RawFd, rlimits: &[Rlimit]) -> ! {
     // SAFETY: setsid has no memory effects.
     unsafe { libc::setsid() };
 
-    if let Err(err) = caps::drop_bounding(plan.caps) {
+    if let Err(err) = caps::drop_bounding(plan.caps, plan.last_cap) {
         fail(Stage::Bounding, err);
     }
     if let Err(err) = sys::prctl(libc::PR_SET_KEEPCAPS, 1) {

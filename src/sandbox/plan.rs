@@ -78,6 +78,8 @@ pub struct Plan {
     pub loopback_up: bool,
     pub exec: Exec,
     pub caps: CapSet,
+    /// The kernel's highest capability number, read here so the child need not.
+    pub last_cap: u32,
     pub seccomp: Option<Filter>,
 }
 
@@ -146,6 +148,7 @@ impl Plan {
             loopback_up: spec.network == Network::None,
             exec,
             caps,
+            last_cap: super::caps::last_cap(),
             seccomp,
         })
     }
