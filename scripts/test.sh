@@ -63,9 +63,10 @@ fi
 
 # --- build ---------------------------------------------------------------------------------------
 if ! $quick; then
-  log "cargo fmt --check, clippy"
+  log "cargo fmt --check, clippy, doc"
   cargo fmt --all -- --check
   cargo clippy --all-targets --quiet -- -D warnings
+  RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 fi
 log "building tests"
 cargo build --quiet --all-targets

@@ -3,7 +3,7 @@
 //! The crate has three parts, each usable on its own:
 //! - [`sandbox`]: run a command on a root filesystem in fresh user, mount, pid, net, ipc, uts and
 //!   cgroup namespaces, confined by seccomp, capabilities and cgroup limits;
-//! - images ([`reference`], [`registry`], [`store`], [`unpack`]): pull OCI images into a verified,
+//! - images ([`mod@reference`], [`registry`], [`store`], [`unpack`]): pull OCI images into a verified,
 //!   content-addressed rootfs cache;
 //! - the `nsrun` command line, a thin layer over both.
 //!

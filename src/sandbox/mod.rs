@@ -1,8 +1,8 @@
 //! The sandbox: one command, fresh namespaces, a read-only root, and nothing left behind.
 //!
 //! The parent side ([`spawn`]) builds a [`plan::Plan`] from a [`SandboxSpec`], clones the child,
-//! writes its id maps, places it in a cgroup and waits. The child side ([`child`]) walks the plan's
-//! mount steps, pivots into the root and becomes pid 1 ([`init`]), which starts the tool, reaps
+//! writes its id maps, places it in a cgroup and waits. The child side (`child.rs`) walks the plan's
+//! mount steps, pivots into the root and becomes pid 1 (`init.rs`), which starts the tool, reaps
 //! zombies and forwards signals.
 
 pub mod caps;
