@@ -1,6 +1,9 @@
 //! Capability sets applied for real in a forked child inside a fresh user namespace (so the same
 //! test runs as root and as an unprivileged user), read back from /proc/self/status.
 
+#[path = "confine_common/mod.rs"]
+mod confine_common;
+
 use nsrun::sandbox::caps::{self, cap_from_name, CapSet};
 
 /// Forks; the child enters a new user namespace (full capabilities there), runs `drop_bounding`
@@ -41,24 +44,7 @@ fn status_after_bounded(set: CapSet, last_cap: u32) -> Result<String, String> {
             libc::_exit(0);
         }
     }
-    // SAFETY: closing our write end.
-    unsafe { libc::close(fds[1]) };
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        // SAFETY: reading into a live buffer.
-        let n = unsafe { libc::read(fds[0], buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
-        if n <= 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n as usize]);
-    }
-    // SAFETY: closing our read end; reaping our child.
-    let mut status = 0;
-    unsafe {
-        libc::close(fds[0]);
-        libc::waitpid(pid, &mut status, 0);
-    }
+    let (out, status) = confine_common::collect_child(fds, pid);
     match libc::WEXITSTATUS(status) {
         0 => Ok(String::from_utf8(out).unwrap()),
         10 => Err("unshare(CLONE_NEWUSER) refused".into()),

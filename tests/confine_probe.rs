@@ -99,24 +99,7 @@ fn run_confined(
             libc::_exit(126);
         }
     }
-    // SAFETY: closing our write end.
-    unsafe { libc::close(fds[1]) };
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        // SAFETY: reading into a live buffer.
-        let n = unsafe { libc::read(fds[0], buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
-        if n <= 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n as usize]);
-    }
-    let mut status = 0;
-    // SAFETY: closing our read end and reaping our child.
-    unsafe {
-        libc::close(fds[0]);
-        libc::waitpid(pid, &mut status, 0);
-    }
+    let (out, status) = confine_common::collect_child(fds, pid);
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else {

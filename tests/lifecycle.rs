@@ -90,23 +90,11 @@ fn signals_reach_the_tool() {
 #[test]
 fn nothing_survives_a_sigkill_of_nsrun() {
     let tok = token("sigkill");
-    let mut child = nsrun(
+    let mut child = spawn_ready(
         &[],
-        &[
-            "/bin/sh",
-            "-c",
-            "(while :; do sleep 1; done) & echo ready; while :; do sleep 1; done",
-            &tok,
-        ],
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
+        "(while :; do sleep 1; done) & echo ready; while :; do sleep 1; done",
+        &tok,
+    );
     assert!(
         pids_with(&tok).len() >= 2,
         "expected the tool and its child: {:?}",
@@ -124,23 +112,11 @@ fn nothing_survives_a_sigkill_of_nsrun() {
 #[test]
 fn gc_removes_the_cgroups_a_sigkilled_run_leaves() {
     let tok = token("gc");
-    let mut child = nsrun(
+    let mut child = spawn_ready(
         &["--memory", "64m", "--pids-limit", "64"],
-        &[
-            "/bin/sh",
-            "-c",
-            "echo ready; while :; do sleep 1; done",
-            &tok,
-        ],
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
+        "echo ready; while :; do sleep 1; done",
+        &tok,
+    );
     let owner = format!("/{}-", child.id());
     let mine = |cgs: Vec<String>| {
         cgs.into_iter()

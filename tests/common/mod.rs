@@ -209,3 +209,19 @@ pub fn run_cgroups() -> Vec<String> {
     out.sort();
     out
 }
+
+/// Starts `nsrun FLAGS -- /bin/sh -c SCRIPT TOKEN` and waits for the script's first line, which
+/// must be `ready`: from then on the tool is known to be running.
+pub fn spawn_ready(flags: &[&str], script: &str, tok: &str) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = nsrun(flags, &["/bin/sh", "-c", script, tok])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    child
+}

@@ -85,3 +85,27 @@ pub fn assert_default_profile(out: &str) {
         assert_eq!(errno, want, "{name}:\n{out}");
     }
 }
+
+/// Parent side of a forked test child that writes to the pipe `fds`: closes the write end, reads
+/// everything the child wrote, then reaps it. Returns the output and the raw wait status.
+pub fn collect_child(fds: [i32; 2], pid: libc::pid_t) -> (Vec<u8>, i32) {
+    // SAFETY: closing our copy of the write end, so that EOF comes when the child is done.
+    unsafe { libc::close(fds[1]) };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: reading into a live buffer of the given length.
+        let n = unsafe { libc::read(fds[0], buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+    let mut status = 0;
+    // SAFETY: closing our read end and reaping our own child.
+    unsafe {
+        libc::close(fds[0]);
+        libc::waitpid(pid, &mut status, 0);
+    }
+    (out, status)
+}
