@@ -9,6 +9,7 @@ pub mod caps;
 pub mod cgroup;
 mod child;
 pub mod diagnose;
+pub mod syscall_probe;
 pub mod idmap;
 mod init;
 pub mod masks;
