@@ -55,7 +55,9 @@ pub enum Command {
 }
 
 /// Subcommand names, so that `nsrun IMAGE -- CMD` can be told from `nsrun SUBCOMMAND`.
-const SUBCOMMANDS: &[&str] = &["run", "help", "pull", "images", "inspect", "rmi", "gc", "doctor"];
+const SUBCOMMANDS: &[&str] = &[
+    "run", "help", "pull", "images", "inspect", "rmi", "gc", "doctor",
+];
 
 /// Parses `args` (including argv[0]) and runs the command; returns the exit status.
 pub fn main(mut args: Vec<String>) -> i32 {

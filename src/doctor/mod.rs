@@ -368,18 +368,14 @@ pub fn cache_facts(path: &Path) -> Result<CacheFacts, String> {
     let vfs = nix::sys::statvfs::statvfs(&existing)
         .map_err(|e| format!("statvfs {}: {e}", existing.display()))?;
     let writable = nix::unistd::access(&existing, nix::unistd::AccessFlags::W_OK).is_ok()
-        && !vfs
-            .flags()
-            .contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
+        && !vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
     Ok(CacheFacts {
         path: path.to_path_buf(),
         existing: existing.clone(),
         fs_type: fs_name(fs.filesystem_type().0 as i64),
         free_bytes: vfs.blocks_available() as u64 * vfs.fragment_size() as u64,
         writable,
-        noexec: vfs
-            .flags()
-            .contains(nix::sys::statvfs::FsFlags::ST_NOEXEC),
+        noexec: vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC),
     })
 }
 
@@ -453,10 +449,16 @@ fn kernel(f: &Facts) -> Check {
     match version {
         Some(v) if v < (5, 12) => Check::fail(
             "kernel",
-            format!("Linux {} is too old (openat2, close_range and mount_setattr need 5.12)", f.kernel),
+            format!(
+                "Linux {} is too old (openat2, close_range and mount_setattr need 5.12)",
+                f.kernel
+            ),
             "run on Linux 5.12 or later",
         ),
-        _ => Check::ok("kernel", format!("Linux {}, every namespace type", f.kernel)),
+        _ => Check::ok(
+            "kernel",
+            format!("Linux {}, every namespace type", f.kernel),
+        ),
     }
 }
 
@@ -550,7 +552,9 @@ fn seccomp(f: &Facts) -> Check {
             format!("{filters}; it refuses {}", refused.join(", ")),
             diagnose::seccomp_advice(&names)
                 .split_once(": ")
-                .map_or(diagnose::CONTAINER_RECIPE.to_string(), |(_, r)| r.to_string()),
+                .map_or(diagnose::CONTAINER_RECIPE.to_string(), |(_, r)| {
+                    r.to_string()
+                }),
         );
     }
     if !untested.is_empty() {
@@ -639,7 +643,10 @@ fn sandbox(f: &Facts) -> Check {
             } else {
                 Check::fail(
                     name,
-                    format!("a probe run started but is not confined: {}", missing.join("; ")),
+                    format!(
+                        "a probe run started but is not confined: {}",
+                        missing.join("; ")
+                    ),
                     "report this as a bug of nsrun, with the output of `nsrun doctor --json`",
                 )
             }
@@ -654,7 +661,11 @@ fn sandbox(f: &Facts) -> Check {
 fn ids(f: &Facts) -> Check {
     match &f.idmap {
         Ok(text) => Check::ok("idmap", text.clone()),
-        Err(e) => Check::fail("idmap", e.clone(), "see the message; --userns single needs nothing"),
+        Err(e) => Check::fail(
+            "idmap",
+            e.clone(),
+            "see the message; --userns single needs nothing",
+        ),
     }
 }
 
@@ -676,7 +687,10 @@ fn subids(f: &Facts) -> Check {
         _ => missing.push("newuidmap/newgidmap are neither setuid root nor file-capable"),
     }
     if missing.is_empty() {
-        Check::ok(name, "subordinate ids and newuidmap/newgidmap: a tool starting as root gets 65536 ids")
+        Check::ok(
+            name,
+            "subordinate ids and newuidmap/newgidmap: a tool starting as root gets 65536 ids",
+        )
     } else {
         Check::warn(
             name,
@@ -738,7 +752,10 @@ fn network(f: &Facts) -> Check {
             format!("{} is installed, but /dev/net/tun is missing", p.display()),
             "start the worker's container with `--device /dev/net/tun`",
         ),
-        Some(p) => Check::ok(name, format!("{} and /dev/net/tun for user-mode networking", p.display())),
+        Some(p) => Check::ok(
+            name,
+            format!("{} and /dev/net/tun for user-mode networking", p.display()),
+        ),
     }
 }
 
@@ -746,14 +763,16 @@ fn cache(f: &Facts) -> Check {
     let name = "cache";
     let c = match &f.cache {
         Ok(c) => c,
-        Err(e) => return Check::fail(name, e.clone(), "set --root (NSRUN_ROOT) to a writable directory"),
+        Err(e) => {
+            return Check::fail(
+                name,
+                e.clone(),
+                "set --root (NSRUN_ROOT) to a writable directory",
+            )
+        }
     };
     let gib = c.free_bytes as f64 / (1u64 << 30) as f64;
-    let what = format!(
-        "{} on {} ({gib:.1} GiB free)",
-        c.path.display(),
-        c.fs_type
-    );
+    let what = format!("{} on {} ({gib:.1} GiB free)", c.path.display(), c.fs_type);
     if !c.writable {
         return Check::fail(
             name,
@@ -778,3 +797,5 @@ fn cache(f: &Facts) -> Check {
     Check::ok(name, what)
 }
 
+#[cfg(test)]
+mod tests;

@@ -84,7 +84,10 @@ pub fn run(proc: ProcMode) -> Probe {
 
 fn run_inner(proc: ProcMode) -> Result<Probe, String> {
     let dir = TempRoot::new()?;
-    let mut spec = SandboxSpec::new(dir.rootfs(), [String::from("/proc/self/exe"), PROBE_ARG.into()]);
+    let mut spec = SandboxSpec::new(
+        dir.rootfs(),
+        [String::from("/proc/self/exe"), PROBE_ARG.into()],
+    );
     spec.binds = dir.binds.clone();
     spec.proc = proc;
     spec.timeout = Some(Duration::from_secs(30));
@@ -150,7 +153,10 @@ fn run_inner(proc: ProcMode) -> Result<Probe, String> {
         }),
         Err(e) => Ok(Probe::Failed {
             stage: Stage::Tool,
-            message: format!("the probe tool's report is unreadable ({e}): {}", stdout.trim()),
+            message: format!(
+                "the probe tool's report is unreadable ({e}): {}",
+                stdout.trim()
+            ),
             fix: None,
         }),
     }

@@ -56,12 +56,21 @@ mod tests {
 
     /// Docker's 14 default capabilities: the ones its profile's conditional rules see.
     fn docker_caps() -> CapSet {
-        let extra = ["NET_RAW", "MKNOD", "SETFCAP", "SETPCAP", "SYS_CHROOT", "AUDIT_WRITE"];
+        let extra = [
+            "NET_RAW",
+            "MKNOD",
+            "SETFCAP",
+            "SETPCAP",
+            "SYS_CHROOT",
+            "AUDIT_WRITE",
+        ];
         CapSet::resolve(&extra.map(String::from), &[]).unwrap()
     }
 
     fn allowed_unconditionally(p: &Profile, name: &str) -> bool {
-        let r = p.resolve(docker_caps(), "SCMP_ARCH_X86_64", (6, 1)).unwrap();
+        let r = p
+            .resolve(docker_caps(), "SCMP_ARCH_X86_64", (6, 1))
+            .unwrap();
         r.rules.iter().any(|rule| {
             rule.action == Action::Allow
                 && rule.conds.is_empty()
@@ -94,7 +103,15 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["clone", "unshare", "mount", "umount2", "pivot_root", "mount_setattr", "sethostname"]
+            [
+                "clone",
+                "unshare",
+                "mount",
+                "umount2",
+                "pivot_root",
+                "mount_setattr",
+                "sethostname"
+            ]
         );
         // Nothing else loosened: clone3 still answers ENOSYS, ptrace still needs its rule.
         let p = Profile::parse(for_engine("docker").unwrap().as_bytes()).unwrap();

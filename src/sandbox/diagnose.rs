@@ -135,8 +135,8 @@ pub fn setup_hint(what: &str, errno: i32, facts: &HostFacts) -> Option<String> {
     };
     // Inside the child nsrun holds every capability of its own user namespace: a refusal of
     // pivot_root or sethostname there comes from a filter or an LSM, never from a sysctl.
-    let filter_refuses = refused(call)
-        || (facts.seccomp_filtered && matches!(call, "pivot_root" | "sethostname"));
+    let filter_refuses =
+        refused(call) || (facts.seccomp_filtered && matches!(call, "pivot_root" | "sethostname"));
     if filter_refuses {
         return Some(seccomp_advice(&facts.seccomp_refused));
     }
@@ -172,8 +172,14 @@ mod tests {
             ..Default::default()
         };
         let msg = clone_failure(libc::EPERM, &facts);
-        assert!(msg.contains("seccomp filter refuses clone, unshare"), "{msg}");
-        assert!(msg.contains("nsrun doctor --seccomp-profile docker"), "{msg}");
+        assert!(
+            msg.contains("seccomp filter refuses clone, unshare"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("nsrun doctor --seccomp-profile docker"),
+            "{msg}"
+        );
         assert!(!msg.contains("privileged`") && msg.contains("never --privileged"));
         let facts = HostFacts {
             max_user_namespaces: Some("0".into()),
@@ -214,7 +220,10 @@ mod tests {
             ..Default::default()
         };
         let msg = clone_failure(libc::EPERM, &facts);
-        assert!(msg.contains("unprivileged_userns_clone=1") && !msg.contains("seccomp"), "{msg}");
+        assert!(
+            msg.contains("unprivileged_userns_clone=1") && !msg.contains("seccomp"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -226,19 +235,33 @@ mod tests {
         };
         // A filter refusing mount explains a refused /proc better than the mask does.
         let hint = setup_hint("mount a fresh proc on /proc", libc::EPERM, &filtered).unwrap();
-        assert!(hint.contains("refuses mount, umount2, pivot_root"), "{hint}");
+        assert!(
+            hint.contains("refuses mount, umount2, pivot_root"),
+            "{hint}"
+        );
         let allows_mount = HostFacts {
             seccomp_filtered: true,
             seccomp_refused: vec![],
             ..Default::default()
         };
         let hint = setup_hint("mount a fresh proc on /proc", libc::EPERM, &allows_mount).unwrap();
-        assert!(hint.contains("unmask=/proc/*") && hint.contains("--proc host-bind"), "{hint}");
+        assert!(
+            hint.contains("unmask=/proc/*") && hint.contains("--proc host-bind"),
+            "{hint}"
+        );
         // pivot_root refused inside our own user namespace can only be a filter (or an LSM).
-        let hint = setup_hint("pivot_root into the container's root", libc::EPERM, &allows_mount);
+        let hint = setup_hint(
+            "pivot_root into the container's root",
+            libc::EPERM,
+            &allows_mount,
+        );
         assert!(hint.unwrap().contains("seccomp"));
         assert_eq!(
-            setup_hint("pivot_root into the container's root", libc::EPERM, &HostFacts::default()),
+            setup_hint(
+                "pivot_root into the container's root",
+                libc::EPERM,
+                &HostFacts::default()
+            ),
             None
         );
     }

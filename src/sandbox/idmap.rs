@@ -659,13 +659,19 @@ mod tests {
     #[test]
     fn root_in_a_user_namespace_maps_what_the_namespace_has() {
         // The host: everything is mapped, so the dedicated range is.
-        assert_eq!(pick_range("0 0 4294967295\n"), (DEFAULT_ROOT_ID_BASE, RANGE_SIZE));
+        assert_eq!(
+            pick_range("0 0 4294967295\n"),
+            (DEFAULT_ROOT_ID_BASE, RANGE_SIZE)
+        );
         // Kubernetes hostUsers: false: 65536 ids; container root must not be the pod's root.
         assert_eq!(pick_range("0 1879048192 65536\n"), (1, 65535));
         // Rootless podman: root is the user, 1.. the subordinate ids.
         assert_eq!(pick_range("0 1000 1\n1 100000 65536\n"), (1, 65536));
         // Adjacent extents are one run; the longest run wins, capped at 65536.
-        assert_eq!(pick_range("0 1000 1\n1 5000 10\n11 9000 100000\n"), (1, 65536));
+        assert_eq!(
+            pick_range("0 1000 1\n1 5000 10\n11 9000 100000\n"),
+            (1, 65536)
+        );
         assert_eq!(pick_range("0 1000 1\n5 5000 10\n100 9000 20\n"), (100, 20));
         // Only root: no range at all.
         assert_eq!(pick_range("0 1000 1\n"), (0, 0));

@@ -9,7 +9,6 @@ pub mod caps;
 pub mod cgroup;
 mod child;
 pub mod diagnose;
-pub mod syscall_probe;
 pub mod idmap;
 mod init;
 pub mod masks;
@@ -19,6 +18,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod spec;
 mod sys;
+pub mod syscall_probe;
 pub mod user;
 
 pub use spawn::{run, Outcome, RunError, Stdio, Termination};

@@ -16,12 +16,24 @@ use serde::Serialize;
 /// The calls nsrun makes that a container runtime's default profile may refuse, in the order
 /// a run makes them, with why.
 pub const NEEDED: &[(&str, &str)] = &[
-    ("clone", "clone with CLONE_NEW* flags creates the sandbox's namespaces"),
-    ("unshare", "unshare(CLONE_NEWCGROUP) gives the run its own cgroup namespace"),
-    ("mount", "mounts the read-only root, /proc, /dev, tmpfs and binds"),
+    (
+        "clone",
+        "clone with CLONE_NEW* flags creates the sandbox's namespaces",
+    ),
+    (
+        "unshare",
+        "unshare(CLONE_NEWCGROUP) gives the run its own cgroup namespace",
+    ),
+    (
+        "mount",
+        "mounts the read-only root, /proc, /dev, tmpfs and binds",
+    ),
     ("umount2", "detaches the host's root after pivot_root"),
     ("pivot_root", "switches to the container's root"),
-    ("mount_setattr", "makes read-only binds and /proc/sys read-only recursively"),
+    (
+        "mount_setattr",
+        "makes read-only binds and /proc/sys read-only recursively",
+    ),
     ("sethostname", "sets the run's own hostname"),
 ];
 
@@ -264,7 +276,10 @@ mod tests {
         assert_eq!(Verdict::of(Err(libc::EINVAL)), Verdict::Allowed);
         assert_eq!(Verdict::of(Err(libc::EFAULT)), Verdict::Allowed);
         assert_eq!(Verdict::of(Err(libc::EPERM)), Verdict::Refused(libc::EPERM));
-        assert_eq!(Verdict::of(Err(libc::ENOSYS)), Verdict::Refused(libc::ENOSYS));
+        assert_eq!(
+            Verdict::of(Err(libc::ENOSYS)),
+            Verdict::Refused(libc::ENOSYS)
+        );
     }
 
     #[test]
@@ -280,6 +295,9 @@ mod tests {
         if !filtered {
             assert!(refused(&v).is_empty(), "{v:?}");
         }
-        assert_eq!(refused(&[("x", Verdict::Refused(1)), ("y", Verdict::Allowed)]), ["x"]);
+        assert_eq!(
+            refused(&[("x", Verdict::Refused(1)), ("y", Verdict::Allowed)]),
+            ["x"]
+        );
     }
 }
