@@ -52,7 +52,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH[:SIZE]")]
     pub tmpfs: Vec<String>,
     /// Size cap of the /tmp tmpfs.
-    #[arg(long, value_name = "SIZE", default_value = "64m")]
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "64m",
+        allow_hyphen_values = true
+    )]
     pub tmpfs_size: String,
     /// Network: none (own namespace, loopback only) or host.
     #[arg(long, alias = "net", value_name = "MODE", default_value = "none")]
@@ -68,25 +73,30 @@ pub struct RunArgs {
     #[arg(long, value_name = "ID", env = "NSRUN_UID_BASE")]
     pub uid_base: Option<u32>,
     /// Kill the run after SECONDS (SIGTERM, then SIGKILL after --stop-timeout); exit 124.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
     pub timeout: Option<f64>,
     /// Seconds between SIGTERM and SIGKILL.
-    #[arg(long, value_name = "SECONDS", default_value = "2")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "2",
+        allow_hyphen_values = true
+    )]
     pub stop_timeout: f64,
     /// Memory limit (e.g. 256m).
-    #[arg(short = 'm', long, value_name = "SIZE")]
+    #[arg(short = 'm', long, value_name = "SIZE", allow_hyphen_values = true)]
     pub memory: Option<String>,
     /// Memory + swap limit; -1 for unlimited swap.
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub memory_swap: Option<String>,
     /// Number of CPUs (e.g. 0.5).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub cpus: Option<f64>,
     /// Relative CPU weight (Docker's 2..262144, default 1024).
-    #[arg(short = 'c', long, value_name = "N")]
+    #[arg(short = 'c', long, value_name = "N", allow_hyphen_values = true)]
     pub cpu_shares: Option<u64>,
     /// Maximum number of processes.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub pids_limit: Option<u64>,
     /// Add a capability (e.g. NET_RAW, or ALL).
     #[arg(long, value_name = "CAP")]
@@ -126,6 +136,18 @@ pub fn spec(a: &RunArgs) -> Result<(SandboxSpec, Option<ImageHold>), Failure> {
     if a.tty {
         return Err(Failure::usage("--tty is not supported yet; run without -t"));
     }
+    if a.interactive && a.images.password_stdin {
+        return Err(Failure::usage(
+            "--password-stdin and -i both want stdin: use --creds-file for the credentials",
+        ));
+    }
+    // The tool's stdio, before anything is pulled or created (the library checks again).
+    let usage = |e: sandbox::RunError| Failure::usage(e.to_string());
+    if a.interactive {
+        sandbox::check_stdio(0, "stdin").map_err(usage)?;
+    }
+    sandbox::check_stdio(1, "stdout").map_err(usage)?;
+    sandbox::check_stdio(2, "stderr").map_err(usage)?;
     let mut s = SandboxSpec::new(PathBuf::new(), Vec::<String>::new());
     for file in &a.env_file {
         let text = std::fs::read_to_string(file)
@@ -135,11 +157,11 @@ pub fn spec(a: &RunArgs) -> Result<(SandboxSpec, Option<ImageHold>), Failure> {
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
         {
-            push_env(&mut s.env, line);
+            push_env(&mut s.env, line)?;
         }
     }
     for e in &a.env {
-        push_env(&mut s.env, e);
+        push_env(&mut s.env, e)?;
     }
     s.cwd = a.workdir.clone();
     s.user = a.user.clone();
@@ -255,13 +277,18 @@ fn command(
     Ok(args)
 }
 
-fn push_env(env: &mut Vec<String>, item: &str) {
+fn push_env(env: &mut Vec<String>, item: &str) -> Result<(), Failure> {
     if item.contains('=') {
         env.push(item.to_string());
+    } else if item.is_empty() || item.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Failure::usage(format!(
+            "invalid environment variable {item:?}: expected KEY=VALUE or the KEY of a variable to copy"
+        )));
     } else if let Ok(v) = std::env::var(item) {
         // Docker's `-e KEY`: pass nsrun's own value through, or nothing if unset.
         env.push(format!("{item}={v}"));
     }
+    Ok(())
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration, Failure> {
@@ -309,6 +336,9 @@ pub fn main(a: RunArgs) -> Result<i32, Failure> {
             "nsrun: warning: limits not enforced on this host: {}",
             outcome.unenforced.join("; ")
         );
+    }
+    for note in &outcome.notes {
+        eprintln!("nsrun: note: {note}");
     }
     if outcome.timed_out {
         let t = spec.timeout.unwrap_or_default().as_secs_f64();

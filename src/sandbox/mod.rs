@@ -21,6 +21,6 @@ mod sys;
 pub mod syscall_probe;
 pub mod user;
 
-pub use spawn::{run, Outcome, RunError, Stdio, Termination};
+pub use spawn::{check_stdio, run, Outcome, RunError, Stdio, Termination};
 
 pub use spec::{parse_size, BindMount, Network, SandboxSpec, TmpfsMount};
