@@ -270,7 +270,13 @@ impl IdMap {
                 size: RANGE_SIZE,
             }
         };
-        Self::decide_in(mode, caller, want, root_base.is_some(), range)
+        let mut map = Self::decide_in(mode, caller, want, root_base.is_some(), range)?;
+        // A user namespace whose maps newgidmap wrote for one id only (or `unshare -r`) has
+        // setgroups(2) denied, and every namespace below it inherits that.
+        if std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny") {
+            map.setgroups = false;
+        }
+        Ok(map)
     }
 
     /// [`IdMap::decide`] with root's range given (see [`root_range`]); `explicit` when it came
