@@ -546,15 +546,10 @@ fn seccomp(f: &Facts) -> Check {
         .map(|(n, _)| *n)
         .collect();
     if !refused.is_empty() {
-        let names = syscall_probe::refused(&f.syscalls);
         return Check::fail(
             name,
             format!("{filters}; it refuses {}", refused.join(", ")),
-            diagnose::seccomp_advice(&names)
-                .split_once(": ")
-                .map_or(diagnose::CONTAINER_RECIPE.to_string(), |(_, r)| {
-                    r.to_string()
-                }),
+            diagnose::CONTAINER_RECIPE,
         );
     }
     if !untested.is_empty() {

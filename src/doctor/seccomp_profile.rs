@@ -2,9 +2,13 @@
 //! calls nsrun needs ([`crate::sandbox::syscall_probe::NEEDED`]), nothing else.
 //!
 //! Docker's default is shipped in `profiles/docker-default.json` and compiled in, so the profile
-//! follows it whenever that file is refreshed; the calls are appended as one unconditional rule.
-//! `clone3` keeps Docker's ENOSYS answer (nsrun clones with `clone`, whose flags a filter can
-//! read), and no capability-conditional rule is touched.
+//! follows it whenever that file is refreshed; podman's is read from the machine
+//! (`/etc/containers/seccomp.json`, else containers-common's `/usr/share/containers/seccomp.json`),
+//! so it is the one that podman itself uses. The calls are appended as one unconditional rule,
+//! and taken out of any rule that refuses them (podman's default refuses `sethostname` to
+//! containers without CAP_SYS_ADMIN; libseccomp rejects two unconditional rules with different
+//! actions for one call). `clone3` keeps its ENOSYS answer (nsrun clones with `clone`, whose
+//! flags a filter can read); nothing else is touched.
 
 use serde_json::Value;
 
@@ -15,9 +19,16 @@ use crate::sandbox::syscall_probe::NEEDED;
 pub const DOCKER_DEFAULT: &str = include_str!("../../profiles/docker-default.json");
 
 /// The engines whose default profile nsrun can extend.
-pub const ENGINES: &[&str] = &["docker"];
+pub const ENGINES: &[&str] = &["docker", "podman"];
 
-/// Docker's default profile plus one rule allowing the calls nsrun needs, pretty-printed JSON.
+/// Where podman's default profile is looked for, first found wins (as podman does).
+pub const PODMAN_PROFILES: &[&str] = &[
+    "/etc/containers/seccomp.json",
+    "/usr/share/containers/seccomp.json",
+];
+
+/// The engine's default profile plus one rule allowing the calls nsrun needs, pretty-printed
+/// JSON.
 ///
 /// ```
 /// let json = nsrun::doctor::seccomp_profile::for_engine("docker").unwrap();
@@ -25,20 +36,50 @@ pub const ENGINES: &[&str] = &["docker"];
 /// assert!(nsrun::doctor::seccomp_profile::for_engine("lxc").is_err());
 /// ```
 pub fn for_engine(engine: &str) -> Result<String, String> {
-    if engine != "docker" {
-        return Err(format!(
-            "--seccomp-profile {engine:?}: expected one of {} (podman's default already allows what nsrun needs)",
+    match engine {
+        "docker" => extend(DOCKER_DEFAULT, "profiles/docker-default.json"),
+        "podman" => {
+            let path = PODMAN_PROFILES
+                .iter()
+                .find(|p| std::path::Path::new(p).is_file())
+                .ok_or_else(|| {
+                    format!(
+                        "--seccomp-profile podman: podman's default profile is not installed ({}); \
+                         apt-get install golang-github-containers-common, or use --seccomp-profile docker",
+                        PODMAN_PROFILES.join(", ")
+                    )
+                })?;
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+            extend(&text, path)
+        }
+        other => Err(format!(
+            "--seccomp-profile {other:?}: expected one of {}",
             ENGINES.join(", ")
-        ));
+        )),
     }
-    let mut profile: Value = serde_json::from_str(DOCKER_DEFAULT)
-        .map_err(|e| format!("profiles/docker-default.json: {e}"))?;
+}
+
+/// `base` (a Docker-format profile, read from `source`) with the calls nsrun needs allowed.
+pub fn extend(base: &str, source: &str) -> Result<String, String> {
+    let needed: Vec<&str> = NEEDED.iter().map(|(n, _)| *n).collect();
+    let mut profile: Value = serde_json::from_str(base).map_err(|e| format!("{source}: {e}"))?;
     let rules = profile
         .get_mut("syscalls")
         .and_then(Value::as_array_mut)
-        .ok_or("profiles/docker-default.json has no syscalls list")?;
+        .ok_or_else(|| format!("{source} has no syscalls list"))?;
+    // Refusals of the needed calls go (an ALLOW rule with conditions may stay: same action).
+    rules.retain_mut(|rule| {
+        if rule.get("action").and_then(Value::as_str) == Some("SCMP_ACT_ALLOW") {
+            return true;
+        }
+        let Some(names) = rule.get_mut("names").and_then(Value::as_array_mut) else {
+            return true;
+        };
+        names.retain(|n| !n.as_str().is_some_and(|n| needed.contains(&n)));
+        !names.is_empty()
+    });
     rules.push(serde_json::json!({
-        "names": NEEDED.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        "names": needed,
         "action": "SCMP_ACT_ALLOW",
         "comment": "nsrun: creating its sandboxes' namespaces and mounts (clone with CLONE_NEW* flags, unshare, \
 mount, umount2, pivot_root, mount_setattr, sethostname); each run confines its tool with its own filter",
@@ -118,5 +159,28 @@ mod tests {
         assert!(!allowed_unconditionally(&p, "clone3"));
         assert!(!allowed_unconditionally(&p, "setns"));
         assert!(!allowed_unconditionally(&p, "keyctl"));
+    }
+
+    #[test]
+    fn refusals_of_the_needed_calls_are_taken_out() {
+        // podman's default refuses sethostname without CAP_SYS_ADMIN.
+        let base = r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+            {"names": ["read", "sethostname"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+            {"names": ["sethostname"], "action": "SCMP_ACT_ERRNO", "excludes": {"caps": ["CAP_SYS_ADMIN"]}},
+            {"names": ["sethostname", "keyctl"], "action": "SCMP_ACT_ERRNO"}
+        ]}"#;
+        let out: Value = serde_json::from_str(&extend(base, "test").unwrap()).unwrap();
+        let rules = out["syscalls"].as_array().unwrap();
+        assert_eq!(rules.len(), 3);
+        assert_eq!(
+            rules[0]["names"],
+            serde_json::json!(["read", "sethostname"])
+        );
+        assert_eq!(rules[1]["names"], serde_json::json!(["keyctl"]));
+        assert_eq!(rules[2]["action"], "SCMP_ACT_ALLOW");
+        let p = Profile::parse(extend(base, "test").unwrap().as_bytes()).unwrap();
+        assert!(allowed_unconditionally(&p, "sethostname"));
+        assert!(!allowed_unconditionally(&p, "keyctl"));
+        assert!(for_engine("lxc").unwrap_err().contains("docker, podman"));
     }
 }

@@ -56,10 +56,11 @@ impl HostFacts {
 }
 
 /// The least-privilege recipe for running nsrun inside a container, in one line.
-pub const CONTAINER_RECIPE: &str = "run the worker's container as a non-root user with \
-`--security-opt seccomp=nsrun-seccomp.json` (written by `nsrun doctor --seccomp-profile docker > nsrun-seccomp.json`: \
-Docker's default profile plus clone, unshare, mount, umount2, pivot_root, mount_setattr and sethostname) and \
-`--security-opt systempaths=unconfined` (podman: `--security-opt unmask=/proc/*`), never --privileged; see docs/deploy.md";
+pub const CONTAINER_RECIPE: &str = "run the worker's container as a non-root user with the seccomp profile \
+`nsrun doctor --seccomp-profile docker` (or `podman`) writes to nsrun-seccomp.json (the engine's default plus clone, \
+unshare, mount, umount2, pivot_root, mount_setattr and sethostname) and /proc unmasked: Docker \
+`--security-opt seccomp=nsrun-seccomp.json --security-opt systempaths=unconfined`, podman \
+`--security-opt seccomp=nsrun-seccomp.json --security-opt unmask=/proc/*`; never --privileged (docs/deploy.md)";
 
 /// Why a seccomp filter is the cause, naming the refused calls, and the recipe.
 pub fn seccomp_advice(refused: &[&str]) -> String {
@@ -68,7 +69,7 @@ pub fn seccomp_advice(refused: &[&str]) -> String {
     } else {
         refused.join(", ")
     };
-    format!("this process's seccomp filter refuses {calls} (Docker's default profile does): {CONTAINER_RECIPE}")
+    format!("this process's seccomp filter refuses {calls} (as container engines' default profiles do): {CONTAINER_RECIPE}")
 }
 
 /// Why a fresh /proc is refused, and the runtime flags that allow it.
@@ -138,7 +139,11 @@ pub fn setup_hint(what: &str, errno: i32, facts: &HostFacts) -> Option<String> {
     let filter_refuses =
         refused(call) || (facts.seccomp_filtered && matches!(call, "pivot_root" | "sethostname"));
     if filter_refuses {
-        return Some(seccomp_advice(&facts.seccomp_refused));
+        let mut calls = facts.seccomp_refused.clone();
+        if !calls.contains(&call) {
+            calls.push(call);
+        }
+        return Some(seccomp_advice(&calls));
     }
     if what.contains("fresh proc") {
         return Some(PROC_ADVICE.to_string());
