@@ -193,8 +193,6 @@ expect "podman: a run is confined" confined_ok "$out"
 # --- start-up, inside the recipe container and on the host --------------------------------------
 if ((bench)); then
   log "start-up: nsrun run --rootfs ROOTFS -- /bin/true, $bench runs each (hyperfine medians)"
-  hf() { hyperfine -N --warmup 5 --runs "$bench" --export-json /dev/stdout --style none "$@" 2>/dev/null |
-    grep -o '"median": *[0-9.e-]*' | head -1 | grep -o '[0-9.e-]*$'; }
   cid=$(D run -d "${recipe[@]}" nsrun-ct:test sleep 600)
   inside() {
     D exec "$cid" hyperfine -N --warmup 5 --runs "$bench" --export-json /tmp/h.json --style none \
@@ -202,11 +200,12 @@ if ((bench)); then
     D exec "$cid" cat /tmp/h.json | grep -o '"median": *[0-9.e-]*' | head -1 | grep -o '[0-9.e-]*$'
   }
   host() {
-    setpriv --reuid=1000 --regid=1000 --clear-groups env -i PATH=/usr/bin:/bin HOME=/tmp NSRUN_ROOT=/tmp/nsrun-bench-$$ \
-      hyperfine -N --warmup 5 --runs "$bench" --export-json "$tmp/h.json" --style none \
+    setpriv --reuid=1000 --regid=1000 --clear-groups env -i PATH=/usr/bin:/bin HOME=/tmp NSRUN_ROOT=$tmp/bench/root \
+      hyperfine -N --warmup 5 --runs "$bench" --export-json "$tmp/bench/h.json" --style none \
       "$img/usr/local/bin/nsrun run --rootfs $rootfs -- /bin/true" >/dev/null 2>&1
-    grep -o '"median": *[0-9.e-]*' "$tmp/h.json" | head -1 | grep -o '[0-9.e-]*$'
+    grep -o '"median": *[0-9.e-]*' "$tmp/bench/h.json" | head -1 | grep -o '[0-9.e-]*$'
   }
+  mkdir -p "$tmp/bench"; chown 1000:1000 "$tmp/bench"
   # Side by side, alternating, so that both see the same machine load.
   for round in 1 2 3; do
     i=$(inside); h=$(host)
