@@ -43,6 +43,7 @@ cleanup() {
     kill "$dockerd_pid" 2>/dev/null
     for _ in $(seq 100); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$dockerd_pid" 2>/dev/null
+    stop_containerd
   fi
   podman_ rm -af >/dev/null 2>&1
   # Overlay mounts of both engines live under $tmp: unmount before removing.
@@ -75,7 +76,15 @@ timeout --kill-after=10 900 dockerd \
   --userland-proxy=false --log-level warn >"$tmp/dockerd.log" 2>&1 &
 dockerd_pid=$!
 me=$$
-( while kill -0 "$me" 2>/dev/null; do sleep 1; done; kill "$dockerd_pid" 2>/dev/null ) &
+# dockerd's own containerd goes with a SIGTERMed dockerd, not with a SIGKILLed one: the watcher
+# ends it too.
+stop_containerd() {
+  local pid
+  pid=$(cat "$tmp/exec/containerd/containerd.pid" 2>/dev/null) || return 0
+  kill "$pid" 2>/dev/null
+}
+( while kill -0 "$me" 2>/dev/null && kill -0 "$dockerd_pid" 2>/dev/null; do sleep 1; done
+  kill "$dockerd_pid" 2>/dev/null; sleep 10; stop_containerd ) >/dev/null 2>&1 &
 D() { "$docker" -H "unix://$tmp/docker.sock" "$@"; }
 for _ in $(seq 300); do D version >/dev/null 2>&1 && break; sleep 0.1; done
 D version --format 'dockerd {{.Server.Version}}' || { cat "$tmp/dockerd.log"; exit 1; }

@@ -369,6 +369,16 @@ fn root_inside_a_user_namespace_maps_what_it_has() {
     assert_eq!(maps, [["0", "1", "65536"], ["0", "1", "65536"]]);
     assert_eq!(stdout(&o).lines().nth(2), Some("0"));
 
+    // An explicit --uid-base the namespace does not map: refused up front, in one line.
+    let explicit = [&cmd[..2], &["--uid-base", "1000000000"], &cmd[2..]].concat();
+    let o = in_userns(&[(0, 0, 1), (1, base, 65536)], &explicit);
+    assert_code(&o, 125);
+    let err = stderr(&o);
+    assert!(
+        err.lines().count() == 1 && err.contains("--uid-base 1000000000: those ids are not mapped"),
+        "{err}"
+    );
+
     // A namespace that maps only root: the run maps that one id.
     let o = in_userns(&[(0, 0, 1)], &cmd);
     assert_code(&o, 0);

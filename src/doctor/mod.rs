@@ -3,7 +3,7 @@
 //!
 //! Facts are gathered first ([`Facts::gather`]: sysctls, a per-call test of the seccomp filter,
 //! a real probe sandbox, a real cgroup, the cache directory…), then judged by pure functions
-//! ([`diagnose`]) that the unit tests drive with made-up facts. Nothing is guessed: where a fact
+//! ([`diagnose()`]) that the unit tests drive with made-up facts. Nothing is guessed: where a fact
 //! could not be established the check says "not tested" and why.
 //!
 //! ```no_run

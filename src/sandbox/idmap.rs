@@ -88,6 +88,8 @@ pub enum IdmapError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--uid-base {base}: those ids are not mapped in the user namespace nsrun runs in (its uid_map: {own}); leave --uid-base and NSRUN_UID_BASE unset to use the ids it maps")]
+    BaseNotMapped { base: u32, own: String },
     #[error("{tool} failed ({status}): {stderr}")]
     Helper {
         tool: &'static str,
@@ -159,6 +161,18 @@ pub fn root_range(explicit: Option<u32>) -> RootRange {
         gid_base,
         size: us.min(gs),
     }
+}
+
+/// Whether the `uid_map` text `map` maps every id of `start..start + count`.
+pub fn maps_range(map: &str, start: u32, count: u32) -> bool {
+    let (start, end) = (start as u64, start as u64 + count as u64);
+    map.lines().any(|l| {
+        let f: Vec<u64> = l
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        f.len() == 3 && f[0] <= start && end <= f[0] + f[2]
+    })
 }
 
 /// Picks root's range from the text of a `uid_map`: the dedicated range if it is mapped,
@@ -271,6 +285,18 @@ impl IdMap {
             }
         };
         let mut map = Self::decide_in(mode, caller, want, root_base.is_some(), range)?;
+        if let (0, Some(base)) = (caller.uid, root_base) {
+            // A base the namespace nsrun runs in does not map would fail as a bare EPERM when
+            // the maps are written: say so now.
+            let own = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+            let ids = &map.uids[0];
+            if !own.is_empty() && !maps_range(&own, ids.outside, ids.count) {
+                return Err(IdmapError::BaseNotMapped {
+                    base,
+                    own: own.split_whitespace().collect::<Vec<_>>().join(" "),
+                });
+            }
+        }
         // A user namespace whose maps newgidmap wrote for one id only (or `unshare -r`) has
         // setgroups(2) denied, and every namespace below it inherits that.
         if std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny") {
@@ -684,6 +710,18 @@ mod tests {
             (1, 65536)
         );
         assert_eq!(pick_range("0 1000 1\n5 5000 10\n100 9000 20\n"), (100, 20));
+        assert!(maps_range(
+            "0 0 4294967295\n",
+            DEFAULT_ROOT_ID_BASE,
+            RANGE_SIZE
+        ));
+        assert!(maps_range("0 1000 1\n1 100000 65536\n", 1, 65536));
+        assert!(!maps_range("0 1000 1\n1 100000 65536\n", 1, 65537));
+        assert!(!maps_range(
+            "0 1879048192 65536\n",
+            DEFAULT_ROOT_ID_BASE,
+            RANGE_SIZE
+        ));
         // Only root: no range at all.
         assert_eq!(pick_range("0 1000 1\n"), (0, 0));
         assert_eq!(pick_range(""), (0, 0));
