@@ -7,8 +7,8 @@
 # no bridge, no iptables; it stops with this script, and by itself after 15 minutes or when this
 # script is gone), builds an image holding nsrun and the busybox rootfs from a tarball (FROM
 # scratch: nothing is pulled), and checks, as uid 1000 inside the container:
-#   1. Docker's defaults: `nsrun doctor` names what is missing and exits 1; a run fails with the
-#      recipe in one line.
+#   1. Docker's defaults: `nsrun doctor` names what is missing (the seccomp calls, the masked
+#      /proc) and exits 1; a run fails with the recipe in one line.
 #   2. The recipe (seccomp profile from `nsrun doctor --seccomp-profile docker`,
 #      systempaths=unconfined, no capability added): doctor exits 0 and a run is confined
 #      (read-only root, own pid and net namespaces, seccomp on).
@@ -134,6 +134,7 @@ echo "$out"
 expect "doctor exits 1 under Docker's defaults" test "$code" = 1
 expect "doctor names the seccomp calls Docker refuses" grep -q '^FAIL  seccomp .*refuses clone (EPERM), unshare (EPERM), mount (EPERM), umount2 (EPERM)' <<<"$out"
 expect "doctor's fix is the recipe, not a sysctl" bash -c 'grep -A1 "^FAIL  seccomp" <<<"$1" | grep -q "fix: .*--seccomp-profile docker.*systempaths=unconfined"' _ "$out"
+expect "doctor names the masked /proc too" grep -q '^FAIL  proc .*path(s) under /proc are covered' <<<"$out"
 expect "doctor does not blame a sysctl" bash -c '! grep -A1 "^FAIL" <<<"$1" | grep -q sysctl' _ "$out"
 set +e
 out=$(D run --rm --user 1000:1000 --network none nsrun-ct:test nsrun run --rootfs /rootfs -- /bin/true 2>&1); code=$?

@@ -613,9 +613,24 @@ fn proc(f: &Facts) -> Check {
                 fix,
             )
         }
+        // The probe never got to /proc. The kernel's rule is known, though: a new procfs is
+        // mounted only where an existing one is fully visible, no path of it covered by a mount
+        // (other than on the few permanently empty directories, binfmt_misc's).
+        Some((probe::Stage::Namespaces | probe::Stage::IdMap, _, _)) if !f.proc_masks.is_empty() => {
+            Check::fail(
+                name,
+                format!(
+                    "not probed (the probe failed first), but {} path(s) under /proc are covered (e.g. {}), \
+                     and the kernel refuses a new procfs while one is",
+                    f.proc_masks.len(),
+                    f.proc_masks[0]
+                ),
+                diagnose::PROC_ADVICE,
+            )
+        }
         Some((probe::Stage::Namespaces | probe::Stage::IdMap, _, _)) => Check::warn(
             name,
-            format!("not tested: the probe failed before mounting /proc{masks}"),
+            "not tested: the probe failed before mounting /proc",
             "fix the failures above, then run nsrun doctor again",
         ),
         _ => Check::ok(name, format!("a fresh /proc mounts{masks}")),

@@ -165,10 +165,22 @@ fn seccomp_refusals_are_named_and_fixed_with_the_recipe_not_a_sysctl() {
     let u = check(&r, "userns");
     assert_eq!(u.status, Status::Fail);
     assert!(!u.fix.as_deref().unwrap().contains("sysctl"), "{u:?}");
-    // /proc was never reached: not tested, not blamed.
+    // /proc was never reached: not tested, not blamed...
     let p = check(&r, "proc");
     assert_eq!(p.status, Status::Warn);
     assert!(p.detail.starts_with("not tested"));
+    // ...unless it is covered, as engines cover it: then the kernel's rule says enough.
+    f.proc_masks = vec!["/proc/bus".into(), "/proc/kcore".into()];
+    let r = diagnose(&f);
+    let p = check(&r, "proc");
+    assert_eq!(p.status, Status::Fail);
+    assert!(
+        p.detail
+            .contains("2 path(s) under /proc are covered (e.g. /proc/bus)"),
+        "{}",
+        p.detail
+    );
+    assert!(p.fix.as_deref().unwrap().contains("systempaths=unconfined"));
 }
 
 #[test]
