@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # nsrun inside Docker and podman containers, without --privileged: the recipe of docs/deploy.md.
 #
-#   sudo scripts/container-test.sh NSRUN_BINARY BUSYBOX_ROOTFS [--bench RUNS]
+#   sudo scripts/container-test.sh NSRUN_BINARY BUSYBOX_ROOTFS [--bench [RUNS [ROUNDS]]]
 #
 # Starts a private dockerd (its own data root, exec root, pidfile and socket under a temp dir,
 # no bridge, no iptables; it stops with this script, and by itself after 15 minutes or when this
@@ -15,8 +15,9 @@
 #   3. podman with `--security-opt unmask=/proc/*`: with its default seccomp profile doctor
 #      names the one call it refuses (sethostname); with the profile from
 #      `nsrun doctor --seccomp-profile podman` doctor exits 0 and a run is confined.
-# With --bench RUNS it also measures start-up (hyperfine, `nsrun run --rootfs -- /bin/true`)
-# inside the recipe container and on the host, side by side.
+# With --bench it also measures start-up (hyperfine, `nsrun run --rootfs -- /bin/true`, RUNS
+# runs per round, default 30) as uid 1000 inside the recipe container and on the host,
+# alternating for ROUNDS rounds (default 9), and prints the medians.
 # Prints "N passed, M failed"; exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,8 @@ repo=$(pwd)
 nsrun=$(realpath "${1:?usage: container-test.sh NSRUN_BINARY BUSYBOX_ROOTFS [--bench RUNS]}")
 rootfs=$(realpath "${2:?busybox rootfs}")
 bench=0
-[[ ${3:-} == --bench ]] && bench=${4:-100}
+rounds=9
+if [[ ${3:-} == --bench ]]; then bench=${4:-30}; rounds=${5:-9}; fi
 [[ $(id -u) == 0 ]] || { echo "container-test.sh: run as root" >&2; exit 1; }
 for tool in dockerd docker podman; do
   command -v "$tool" >/dev/null || { echo "container-test.sh: $tool missing (apt-get install docker.io podman)" >&2; exit 1; }
@@ -202,7 +204,7 @@ expect "podman: a run is confined" confined_ok "$out"
 
 # --- start-up, inside the recipe container and on the host --------------------------------------
 if ((bench)); then
-  log "start-up: nsrun run --rootfs ROOTFS -- /bin/true, $bench runs each (hyperfine medians)"
+  log "start-up: nsrun run --rootfs ROOTFS -- /bin/true, $rounds rounds of $bench runs each side (hyperfine medians)"
   cid=$(D run -d "${recipe[@]}" nsrun-ct:test sleep 600)
   inside() {
     D exec "$cid" hyperfine -N --warmup 5 --runs "$bench" --export-json /tmp/h.json --style none \
@@ -216,11 +218,21 @@ if ((bench)); then
     grep -o '"median": *[0-9.e-]*' "$tmp/bench/h.json" | head -1 | grep -o '[0-9.e-]*$'
   }
   mkdir -p "$tmp/bench"; chown 1000:1000 "$tmp/bench"
-  # Side by side, alternating, so that both see the same machine load.
-  for round in 1 2 3; do
+  # Side by side, alternating round by round, so that both see the same machine load; the
+  # median over rounds of each side and of the per-round ratio is the figure.
+  results=()
+  for round in $(seq "$rounds"); do
     i=$(inside); h=$(host)
+    results+=("$i" "$h")
     python3 -c "import sys; i,h=float(sys.argv[1]),float(sys.argv[2]); print(f'round $round: container {i*1e3:.2f} ms, host {h*1e3:.2f} ms, ratio {i/h:.3f}')" "$i" "$h"
   done
+  python3 - "${results[@]}" <<'PY'
+import statistics as st, sys
+v = [float(x) for x in sys.argv[1:]]
+c, h = v[0::2], v[1::2]
+print(f"median over {len(c)} rounds: container {st.median(c)*1e3:.2f} ms, host {st.median(h)*1e3:.2f} ms, "
+      f"ratio {st.median([a / b for a, b in zip(c, h)]):.3f} (container / host; goal <= 1.10)")
+PY
   D rm -f "$cid" >/dev/null
 fi
 
