@@ -1,4 +1,5 @@
-//! `nsrun doctor [--json] [--proc MODE] [--root DIR]` and `nsrun doctor --seccomp-profile docker`.
+//! `nsrun doctor [--json] [--proc MODE] [--root DIR]` and
+//! `nsrun doctor --seccomp-profile docker|podman`.
 
 use std::path::PathBuf;
 
@@ -12,7 +13,8 @@ pub struct DoctorArgs {
     #[arg(long)]
     pub json: bool,
     /// Instead of checking, print the seccomp profile for the worker's container: ENGINE's
-    /// default (docker) plus exactly the calls nsrun needs.
+    /// default (docker: shipped with nsrun; podman: this machine's) plus exactly the calls nsrun
+    /// needs.
     #[arg(long, value_name = "ENGINE")]
     pub seccomp_profile: Option<String>,
     /// The /proc mode to probe with: fresh or host-bind.

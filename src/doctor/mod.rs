@@ -6,7 +6,12 @@
 //! ([`diagnose()`]) that the unit tests drive with made-up facts. Nothing is guessed: where a fact
 //! could not be established the check says "not tested" and why.
 //!
+//! The probe's tool is the running executable itself (`/proc/self/exe`): a program other than
+//! `nsrun` that gathers facts must call [`run_if_probe`] first thing in `main`, as it would
+//! [`crate::helper::run_if_helper`].
+//!
 //! ```no_run
+//! nsrun::doctor::run_if_probe();
 //! let facts = nsrun::doctor::Facts::gather(&nsrun::doctor::Options::default());
 //! let report = nsrun::doctor::diagnose(&facts);
 //! println!("{}", report.render());
