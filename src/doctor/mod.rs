@@ -502,6 +502,32 @@ fn userns(f: &Facts) -> Check {
 }
 
 fn apparmor(f: &Facts) -> Check {
+    let check = apparmor_restriction(f);
+    let Some(label) = &f.host.lsm_label else {
+        return check;
+    };
+    if check.status != Status::Ok {
+        return check;
+    }
+    // A confined process whose probe failed at a mount, with no seccomp refusal to explain it.
+    let filter_refuses = f
+        .syscalls
+        .iter()
+        .any(|(_, v)| matches!(v, Verdict::Refused(_)));
+    match failed_at(f) {
+        Some((probe::Stage::Setup, msg, _)) if !filter_refuses => Check::fail(
+            "apparmor",
+            format!("confined by the LSM profile {label:?}, and the probe failed: {msg}"),
+            diagnose::lsm_advice(label),
+        ),
+        _ => Check::ok(
+            "apparmor",
+            format!("{}; confined by the LSM profile {label:?}", check.detail),
+        ),
+    }
+}
+
+fn apparmor_restriction(f: &Facts) -> Check {
     let name = "apparmor";
     match f.host.apparmor_restrict.as_deref() {
         None => Check::ok(name, "no kernel.apparmor_restrict_unprivileged_userns (not Ubuntu's restriction)"),

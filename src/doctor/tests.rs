@@ -321,3 +321,25 @@ fn proc_masks_are_read_from_mountinfo() {
               32 1 0:8 / /sys rw - sysfs s rw\n";
     assert_eq!(proc_masks(mi), ["/proc/kcore"]);
 }
+
+#[test]
+fn an_lsm_profile_that_refuses_mounts_is_named() {
+    let mut f = good();
+    f.host.lsm_label = Some("docker-default (enforce)".into());
+    let r = diagnose(&f);
+    let c = check(&r, "apparmor");
+    assert_eq!(c.status, Status::Ok);
+    assert!(c.detail.contains("docker-default (enforce)"));
+    f.probe = failed(
+        Stage::Setup,
+        "sandbox setup failed: mount tmpfs on /tmp: EPERM",
+        None,
+    );
+    let r = diagnose(&f);
+    let c = check(&r, "apparmor");
+    assert_eq!(c.status, Status::Fail);
+    assert!(c.fix.as_deref().unwrap().contains("`pivot_root,`"));
+    // A seccomp refusal explains the failure better: the LSM is not blamed.
+    f.syscalls[2].1 = Verdict::Refused(libc::EPERM);
+    assert_eq!(check(&diagnose(&f), "apparmor").status, Status::Ok);
+}

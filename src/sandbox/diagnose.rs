@@ -25,6 +25,8 @@ pub struct HostFacts {
     /// The calls nsrun needs that the seccomp filter refuses, as tested by
     /// [`syscall_probe::probe_stateless`] (empty when unfiltered).
     pub seccomp_refused: Vec<&'static str>,
+    /// The AppArmor profile or SELinux label confining this process, unless unconfined.
+    pub lsm_label: Option<String>,
     /// Whether this process seems to run inside a container.
     pub in_container: bool,
     pub root: bool,
@@ -47,12 +49,35 @@ impl HostFacts {
             } else {
                 Vec::new()
             },
+            lsm_label: lsm_label(),
             in_container: Path::new("/.dockerenv").exists()
                 || Path::new("/run/.containerenv").exists()
                 || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
             root: nix::unistd::geteuid().is_root(),
         }
     }
+}
+
+/// The LSM confinement of this process: AppArmor's profile (`docker-default (enforce)`) or an
+/// SELinux label; `None` when unconfined or when no LSM reports one.
+fn lsm_label() -> Option<String> {
+    [
+        "/proc/self/attr/apparmor/current",
+        "/proc/self/attr/current",
+    ]
+    .iter()
+    .find_map(|p| read_trim(p))
+    .map(|l| l.trim_end_matches('\0').to_string())
+    .filter(|l| !l.is_empty() && l != "unconfined" && !l.starts_with("unconfined "))
+}
+
+/// Why an LSM label is the likely cause of a refused mount, and what to change.
+pub fn lsm_advice(label: &str) -> String {
+    format!(
+        "this process is confined by the LSM profile {label:?}, which refuses mounts (Docker's and \
+         containerd's default AppArmor profiles do): give the worker's container an AppArmor profile made from \
+         the engine's default plus `mount,`, `umount,`, `pivot_root,` and `userns,` (docs/deploy.md)"
+    )
 }
 
 /// The least-privilege recipe for running nsrun inside a container, in one line.
@@ -150,6 +175,11 @@ pub fn setup_hint(what: &str, errno: i32, facts: &HostFacts) -> Option<String> {
     }
     if facts.apparmor_restrict.as_deref() == Some("1") && !facts.root {
         return Some(APPARMOR_ADVICE.to_string());
+    }
+    if let Some(label) = &facts.lsm_label {
+        if call != "sethostname" {
+            return Some(lsm_advice(label));
+        }
     }
     None
 }
