@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// Network: none (own namespace, loopback only) or host.
     #[arg(long, alias = "net", value_name = "MODE", default_value = "none")]
     pub network: String,
+    /// /proc: fresh (the run's own) or host-bind (nsrun's own /proc bound: weaker, the tool
+    /// sees the outer processes; for containers that refuse a fresh /proc).
+    #[arg(long, value_name = "MODE", default_value = "fresh")]
+    pub proc: String,
     /// User namespace mapping: auto, single or subid.
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub userns: String,
@@ -179,6 +183,7 @@ pub fn spec(a: &RunArgs) -> Result<(SandboxSpec, Option<ImageHold>), Failure> {
         parse_size(&a.tmpfs_size).map_err(|e| Failure::usage(format!("--tmpfs-size: {e}")))?;
     s.network = a.network.parse::<Network>().map_err(Failure::usage)?;
     s.userns = a.userns.parse::<UsernsMode>().map_err(Failure::usage)?;
+    s.proc = a.proc.parse().map_err(Failure::usage)?;
     s.root_id_base = a.uid_base;
     s.timeout = a.timeout.map(|t| seconds("--timeout", t)).transpose()?;
     s.stop_timeout = seconds("--stop-timeout", a.stop_timeout)?;
