@@ -5,7 +5,10 @@
 //!   cgroup namespaces, confined by seccomp, capabilities and cgroup limits;
 //! - images ([`mod@reference`], [`registry`], [`store`], [`unpack`]): pull OCI images into a verified,
 //!   content-addressed rootfs cache;
-//! - the `nsrun` command line, a thin layer over both.
+//! - [`runner`]: the API a worker links — a [`runner::RunSpec`] (image or rootfs, files in and
+//!   out, limits, labels) in, a [`runner::RunResult`] and [`runner::Event`]s out, with a queue,
+//!   capped capture and an audit log;
+//! - the `nsrun` command line, a thin layer over the runner.
 //!
 //! A tokio program runs sandboxes through [`helper`], which delegates the fork-sensitive work to a
 //! single-threaded helper process (see `DESIGN` in the README for why).
@@ -13,6 +16,7 @@
 pub mod helper;
 pub mod reference;
 pub mod registry;
+pub mod runner;
 pub mod sandbox;
 pub mod store;
 pub mod unpack;
