@@ -41,7 +41,6 @@ mod spec;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -213,7 +212,6 @@ impl RuntimeBuilder {
                     max: self.max_concurrent,
                     state: Mutex::new(QueueState::default()),
                 }),
-                admitted: AtomicU64::new(0),
                 limits: self.limits,
                 network: self.network,
                 pull_policy: self.pull_policy,
@@ -238,7 +236,6 @@ struct Inner {
     root: PathBuf,
     helper: Result<Helper, String>,
     queue: Arc<Queue>,
-    admitted: AtomicU64,
     limits: Limits,
     network: Network,
     pull_policy: PullPolicy,
@@ -471,11 +468,14 @@ struct Queue {
 struct QueueState {
     running: usize,
     waiting: VecDeque<oneshot::Sender<Slot>>,
+    /// Admissions so far: numbered under the lock, so the numbers show the queue's order.
+    admitted: u64,
 }
 
 /// A slot of the queue; handed to the next waiter when dropped.
 struct Slot {
     queue: Arc<Queue>,
+    admitted: u64,
 }
 
 enum Ticket {
@@ -491,8 +491,10 @@ impl Queue {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.running < self.max && st.waiting.is_empty() {
             st.running += 1;
+            st.admitted += 1;
             return Ticket::Ready(Slot {
                 queue: self.clone(),
+                admitted: st.admitted - 1,
             });
         }
         let (tx, rx) = oneshot::channel();
@@ -510,9 +512,13 @@ impl Drop for Slot {
         while let Some(tx) = st.waiting.pop_front() {
             let next = Slot {
                 queue: self.queue.clone(),
+                admitted: st.admitted,
             };
             match tx.send(next) {
-                Ok(()) => return,
+                Ok(()) => {
+                    st.admitted += 1;
+                    return;
+                }
                 // That waiter gave up: the slot goes to the one after it. Forgotten, not
                 // dropped, since dropping it would re-enter this function under the lock.
                 Err(slot) => std::mem::forget(slot),
@@ -869,7 +875,7 @@ async fn run_inner(
     rec.fill(&prep.sandbox);
     let helper = inner.helper.clone().map_err(|message| Error::Helper { message })?;
 
-    let _slot = match ticket {
+    let slot = match ticket {
         Ticket::Ready(slot) => slot,
         Ticket::Waiting { position, slot } => {
             emit(tx, Event::Queued { position }).await;
@@ -879,7 +885,7 @@ async fn run_inner(
             }
         }
     };
-    let admitted = inner.admitted.fetch_add(1, Ordering::Relaxed);
+    let admitted = slot.admitted;
     let queue = t0.elapsed();
 
     let t_pull = Instant::now();
@@ -898,13 +904,18 @@ async fn run_inner(
                 let r2 = reference.clone();
                 let pull = async move { store.pull(&r2, &opts).await };
                 let mut pull = std::pin::pin!(pull);
-                loop {
+                let img = loop {
                     tokio::select! {
                         r = &mut pull => break r.map_err(|e| Error::from_store(&reference, &e))?,
                         Some(p) = prx.recv() => emit(tx, Event::Pulling { reference: reference.clone(), progress: p }).await,
                         _ = killed(kill) => return Err(Error::Cancelled),
                     }
+                };
+                // The final progress (everything done) may still be in the channel.
+                while let Ok(p) = prx.try_recv() {
+                    emit(tx, Event::Pulling { reference: reference.clone(), progress: p }).await;
                 }
+                img
             }
         };
         prep.use_image(&inner.store()?, img, spec)?;
