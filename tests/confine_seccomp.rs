@@ -520,26 +520,86 @@ fn bpf_cache_round_trip() {
     assert_eq!(files.len(), 1, "one entry: {files:?}");
     let entry = &files[0];
     assert_eq!(entry.extension().unwrap(), "bpf");
-    assert_eq!(std::fs::read(entry).unwrap(), fresh.to_bytes());
+    let key = entry.file_stem().unwrap().to_str().unwrap().to_string();
+    // magic, SHA-256 of (key, program), program
+    let cached = std::fs::read(entry).unwrap();
+    assert_eq!(&cached[..8], b"NSRUNBPF");
+    assert_eq!(&cached[40..], fresh.to_bytes().as_slice());
     assert_eq!(first.to_bytes(), fresh.to_bytes());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(entry).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 
-    // A hit is served from the file: make the entry a different (valid) program and see it come back.
+    // A hit is served from the file: a different (valid, properly checksummed) program there
+    // comes back, which shows the cache is used at all.
     let other = compile(&SeccompSource::Default, CapSet(0), None)
         .unwrap()
         .unwrap();
-    std::fs::write(entry, other.to_bytes()).unwrap();
+    let sealed = |program: &[u8]| {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(key.as_bytes());
+        h.update([0]);
+        h.update(program);
+        let mut out = b"NSRUNBPF".to_vec();
+        out.extend_from_slice(&h.finalize());
+        out.extend_from_slice(program);
+        out
+    };
+    std::fs::write(entry, sealed(&other.to_bytes())).unwrap();
     let hit = compile(&SeccompSource::Default, CapSet::default_set(), Some(&state))
         .unwrap()
         .unwrap();
     assert_eq!(hit.to_bytes(), other.to_bytes(), "served from the cache");
 
-    // A corrupt entry is recompiled and replaced.
-    std::fs::write(entry, b"garbage").unwrap();
-    let again = compile(&SeccompSource::Default, CapSet::default_set(), Some(&state))
-        .unwrap()
-        .unwrap();
-    assert_eq!(again.to_bytes(), fresh.to_bytes());
-    assert_eq!(std::fs::read(entry).unwrap(), fresh.to_bytes());
+    // Never trusted blindly: each of these is recompiled (and the file replaced).
+    let allow_all: Vec<u8> = [
+        0x06u16.to_ne_bytes().as_slice(),
+        &[0, 0],
+        &0x7fff_0000u32.to_ne_bytes(),
+    ]
+    .concat();
+    let mut truncated = sealed(&fresh.to_bytes());
+    truncated.truncate(truncated.len() - 8);
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        ("a raw allow-all program", allow_all.clone(), 0o600),
+        (
+            "an allow-all program with a stale checksum",
+            {
+                let mut b = sealed(&fresh.to_bytes());
+                b.truncate(40);
+                b.extend_from_slice(&allow_all);
+                b
+            },
+            0o600,
+        ),
+        ("a truncated program", truncated, 0o600),
+        ("garbage", b"garbage".to_vec(), 0o600),
+        (
+            "a valid entry others may write",
+            sealed(&other.to_bytes()),
+            0o666,
+        ),
+    ];
+    for (what, bytes, mode) in cases {
+        std::fs::write(entry, &bytes).unwrap();
+        std::fs::set_permissions(entry, std::fs::Permissions::from_mode(mode)).unwrap();
+        let again = compile(&SeccompSource::Default, CapSet::default_set(), Some(&state))
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.to_bytes(), fresh.to_bytes(), "{what} was trusted");
+        assert_eq!(
+            std::fs::read(entry).unwrap(),
+            sealed(&fresh.to_bytes()),
+            "{what} was not replaced"
+        );
+    }
 
     // Another cap set or another profile is another entry; no temporary files are left.
     let mut caps = CapSet::default_set();

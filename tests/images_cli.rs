@@ -517,3 +517,66 @@ fn opening_an_existing_cache_makes_no_directories() {
         );
     }
 }
+
+/// Credentials can come in without touching argv: `--creds-file FILE` and `--creds USER
+/// --password-stdin`, as `docker login --password-stdin`; a malformed file is one line, 125.
+#[test]
+fn credentials_from_a_file_or_stdin() {
+    let reg = FakeRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = Image::simple("amd64", "secret");
+    reg.put_image("priv/file", "v1", &img);
+    *reg.bearer.lock().unwrap() = Some("file-user:file-pass".into());
+    let r = format!("{}/priv/file:v1", reg.addr);
+
+    let creds = tmp.path().join("creds");
+    std::fs::write(&creds, "file-user:file-pass\n").unwrap();
+    let o = run(
+        &tmp.path().join("c1"),
+        &["pull", "-q", "--creds-file", creds.to_str().unwrap(), &r],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), img.digest());
+
+    let mut child = nsrun(
+        &tmp.path().join("c2"),
+        &["pull", "-q", "--creds", "file-user", "--password-stdin", &r],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"file-pass\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), img.digest());
+
+    // A wrong password from the file is refused by the registry, as from --creds.
+    std::fs::write(&creds, "file-user:wrong\n").unwrap();
+    let o = run(
+        &tmp.path().join("c3"),
+        &["pull", "-q", "--creds-file", creds.to_str().unwrap(), &r],
+    );
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+
+    std::fs::write(&creds, "no-colon\n").unwrap();
+    let o = run(
+        &tmp.path().join("c4"),
+        &["pull", "-q", "--creds-file", creds.to_str().unwrap(), &r],
+    );
+    assert_one_line_125(&o, "expected USER:PASS");
+    let o = run(
+        &tmp.path().join("c5"),
+        &["pull", "--creds", "u:p", "--password-stdin", &r],
+    );
+    assert_one_line_125(&o, "--creds USER without the password");
+    let o = run(&tmp.path().join("c6"), &["run", "--help"]);
+    assert!(text(&o).contains("--creds-file") && text(&o).contains("--password-stdin"));
+}

@@ -40,14 +40,25 @@ pub struct ImageOpts {
         value_delimiter = ','
     )]
     pub registry_ca: Vec<PathBuf>,
-    /// Registry credentials (default: ~/.docker/config.json, else anonymous).
+    /// Registry credentials USER:PASS (default: ~/.docker/config.json, else anonymous). On the
+    /// command line the password is visible to every local user (ps): prefer --creds-file,
+    /// --creds USER with --password-stdin, or the NSRUN_CREDS variable.
     #[arg(
         long,
-        value_name = "USER:PASS",
+        value_name = "USER[:PASS]",
         env = "NSRUN_CREDS",
         hide_env_values = true
     )]
     pub creds: Option<String>,
+    /// Read the registry credentials USER:PASS from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "creds")]
+    pub creds_file: Option<PathBuf>,
+    /// Read the registry password from the first line of stdin; --creds names the user.
+    #[arg(long, requires = "creds")]
+    pub password_stdin: bool,
+    /// The credentials once read (stdin can be read only once).
+    #[arg(skip)]
+    pub resolved_creds: std::sync::OnceLock<Option<String>>,
     /// When to pull: always, missing or never (default: missing for run, always for pull).
     #[arg(long, value_enum, value_name = "WHEN")]
     pub pull: Option<PullPolicy>,
@@ -76,6 +87,51 @@ impl ImageOpts {
         Store::open(&root).map_err(fail)
     }
 
+    /// The registry credentials the flags give, as `USER:PASS`, reading a file or stdin once.
+    fn creds(&self) -> Result<Option<String>, Failure> {
+        if let Some(c) = self.resolved_creds.get() {
+            return Ok(c.clone());
+        }
+        let first_line = |text: &str| {
+            text.lines()
+                .next()
+                .unwrap_or("")
+                .trim_end_matches('\r')
+                .to_string()
+        };
+        let creds = if let Some(file) = &self.creds_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| Failure::usage(format!("--creds-file {}: {e}", file.display())))?;
+            let line = first_line(&text);
+            if !line.contains(':') {
+                return Err(Failure::usage(format!(
+                    "--creds-file {}: expected USER:PASS on the first line",
+                    file.display()
+                )));
+            }
+            Some(line)
+        } else if self.password_stdin {
+            let user = self.creds.clone().unwrap_or_default();
+            if user.contains(':') {
+                return Err(Failure::usage(
+                    "--password-stdin: give --creds USER without the password",
+                ));
+            }
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+                .map_err(|e| Failure::usage(format!("--password-stdin: reading stdin: {e}")))?;
+            let pass = first_line(&text);
+            if pass.is_empty() {
+                return Err(Failure::usage("--password-stdin: stdin held no password"));
+            }
+            Some(format!("{user}:{pass}"))
+        } else {
+            self.creds.clone()
+        };
+        let _ = self.resolved_creds.set(creds.clone());
+        Ok(creds)
+    }
+
     /// The registry flags.
     pub fn registry_options(&self) -> Result<RegistryOptions, Failure> {
         if !(self.registry_timeout.is_finite() && self.registry_timeout > 0.0) {
@@ -86,7 +142,7 @@ impl ImageOpts {
         Ok(RegistryOptions {
             insecure: self.insecure_registry.clone(),
             ca_files: self.registry_ca.clone(),
-            creds: self.creds.clone(),
+            creds: self.creds()?,
             read_timeout: Duration::from_secs_f64(self.registry_timeout),
             ..Default::default()
         })
@@ -330,6 +386,9 @@ pub fn gc(a: GcArgs) -> Result<i32, Failure> {
     }
     for e in &r.staging {
         println!("removed stale pull {e}");
+    }
+    for e in &r.locks {
+        println!("removed the locks of failed pull {e}");
     }
     // What a run killed with SIGKILL leaves behind: its cgroups, under ours.
     let swept = nsrun::sandbox::cgroup::sweep().map_err(fail)?;

@@ -54,6 +54,22 @@ pub enum Command {
 /// Subcommand names, so that `nsrun IMAGE -- CMD` can be told from `nsrun SUBCOMMAND`.
 const SUBCOMMANDS: &[&str] = &["run", "help", "pull", "images", "inspect", "rmi", "gc"];
 
+/// A clap error as the one line nsrun prints for every error: clap's first line, its tip if it
+/// has one, and where to read more (clap's own rendering takes three to five lines).
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    let tip = lines
+        .find_map(|l| l.strip_prefix("tip: "))
+        .map(|t| format!(" ({t})"))
+        .unwrap_or_default();
+    format!("{first}{tip}; see nsrun --help")
+}
+
 /// Parses `args` (including argv[0]) and runs the command; returns the exit status.
 pub fn main(mut args: Vec<String>) -> i32 {
     // `nsrun IMAGE -- CMD` and `nsrun --rootfs DIR -- CMD` are `nsrun run …`.
@@ -65,10 +81,14 @@ pub fn main(mut args: Vec<String>) -> i32 {
     }
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { 125 } else { 0 };
+        // --help and --version: clap's own output, on stdout.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return code;
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("nsrun: {}", one_line(&e));
+            return 125;
         }
     };
     let result = match cli.command {

@@ -7,7 +7,7 @@ use nsrun::runner::{self, Data, RunResult, RunSpec, Runtime, Stdin};
 use nsrun::sandbox::cgroup::Limits;
 use nsrun::sandbox::idmap::UsernsMode;
 use nsrun::sandbox::seccomp::SeccompSource;
-use nsrun::sandbox::{parse_size, BindMount, Network, Stdio, TmpfsMount};
+use nsrun::sandbox::{self, parse_size, BindMount, Network, Stdio, TmpfsMount};
 
 use super::image::ImageOpts;
 use super::Failure;
@@ -50,7 +50,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH[:SIZE]")]
     pub tmpfs: Vec<String>,
     /// Size cap of the /tmp tmpfs.
-    #[arg(long, value_name = "SIZE", default_value = "64m")]
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "64m",
+        allow_hyphen_values = true
+    )]
     pub tmpfs_size: String,
     /// Network: none (own namespace, loopback only) or host.
     #[arg(long, alias = "net", value_name = "MODE", default_value = "none")]
@@ -62,25 +67,30 @@ pub struct RunArgs {
     #[arg(long, value_name = "ID", env = "NSRUN_UID_BASE")]
     pub uid_base: Option<u32>,
     /// Kill the run after SECONDS (SIGTERM, then SIGKILL after --stop-timeout); exit 124.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
     pub timeout: Option<f64>,
     /// Seconds between SIGTERM and SIGKILL.
-    #[arg(long, value_name = "SECONDS", default_value = "2")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "2",
+        allow_hyphen_values = true
+    )]
     pub stop_timeout: f64,
     /// Memory limit (e.g. 256m).
-    #[arg(short = 'm', long, value_name = "SIZE")]
+    #[arg(short = 'm', long, value_name = "SIZE", allow_hyphen_values = true)]
     pub memory: Option<String>,
     /// Memory + swap limit; -1 for unlimited swap.
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub memory_swap: Option<String>,
     /// Number of CPUs (e.g. 0.5).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub cpus: Option<f64>,
     /// Relative CPU weight (Docker's 2..262144, default 1024).
-    #[arg(short = 'c', long, value_name = "N")]
+    #[arg(short = 'c', long, value_name = "N", allow_hyphen_values = true)]
     pub cpu_shares: Option<u64>,
     /// Maximum number of processes.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub pids_limit: Option<u64>,
     /// Add a capability (e.g. NET_RAW, or ALL).
     #[arg(long, value_name = "CAP")]
@@ -142,6 +152,18 @@ pub fn request(a: &RunArgs) -> Result<(Runtime, RunSpec), Failure> {
     if a.tty {
         return Err(Failure::usage("--tty is not supported yet; run without -t"));
     }
+    if a.interactive && a.images.password_stdin {
+        return Err(Failure::usage(
+            "--password-stdin and -i both want stdin: use --creds-file for the credentials",
+        ));
+    }
+    // The tool's stdio, before anything is pulled or created (the library checks again).
+    let usage = |e: sandbox::RunError| Failure::usage(e.to_string());
+    if a.interactive {
+        sandbox::check_stdio(0, "stdin").map_err(usage)?;
+    }
+    sandbox::check_stdio(1, "stdout").map_err(usage)?;
+    sandbox::check_stdio(2, "stderr").map_err(usage)?;
     let mut s = match (&a.rootfs, &a.image) {
         // With --rootfs there is no image: the first positional is the command.
         (Some(dir), _) => {
@@ -162,11 +184,11 @@ pub fn request(a: &RunArgs) -> Result<(Runtime, RunSpec), Failure> {
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
         {
-            push_env(&mut s.env, line);
+            push_env(&mut s.env, line)?;
         }
     }
     for e in &a.env {
-        push_env(&mut s.env, e);
+        push_env(&mut s.env, e)?;
     }
     s.entrypoint = a.entrypoint.as_ref().map(|e| {
         if e.is_empty() {
@@ -287,13 +309,18 @@ pub fn request(a: &RunArgs) -> Result<(Runtime, RunSpec), Failure> {
     Ok((rt, s))
 }
 
-fn push_env(env: &mut Vec<String>, item: &str) {
+fn push_env(env: &mut Vec<String>, item: &str) -> Result<(), Failure> {
     if item.contains('=') {
         env.push(item.to_string());
+    } else if item.is_empty() || item.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Failure::usage(format!(
+            "invalid environment variable {item:?}: expected KEY=VALUE or the KEY of a variable to copy"
+        )));
     } else if let Ok(v) = std::env::var(item) {
         // Docker's `-e KEY`: pass nsrun's own value through, or nothing if unset.
         env.push(format!("{item}={v}"));
     }
+    Ok(())
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration, Failure> {
@@ -381,6 +408,9 @@ fn report(r: &RunResult, timeout: Option<Duration>, memory: Option<&str>, stats:
             "nsrun: warning: limits not enforced on this host: {}",
             r.unenforced.join("; ")
         );
+    }
+    for note in &r.notes {
+        eprintln!("nsrun: note: {note}");
     }
     for w in &r.warnings {
         eprintln!("nsrun: warning: {w}");

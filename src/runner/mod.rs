@@ -759,6 +759,7 @@ impl Recorder {
             cpu_time: o.cpu_time,
             unenforced: o.unenforced,
             warnings: o.warnings,
+            notes: o.notes,
             limits: prep.sandbox.limits.clone(),
             network: prep.sandbox.network,
             admitted,

@@ -85,6 +85,9 @@ pub struct RunResult {
     pub unenforced: Vec<String>,
     /// Problems that did not change the result (a cgroup left for `nsrun gc`).
     pub warnings: Vec<String>,
+    /// How the run differs from what was asked, to enforce what was asked (e.g. capabilities
+    /// dropped so that an rlimit holds), one sentence each.
+    pub notes: Vec<String>,
     /// The limits and network the run had (after the runtime's defaults).
     pub limits: Limits,
     pub network: Network,

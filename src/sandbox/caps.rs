@@ -78,6 +78,13 @@ const NAMES: [&str; 41] = [
     "CHECKPOINT_RESTORE",
 ];
 
+/// `CAP_SETGID`: changing gids.
+pub const CAP_SETGID: u32 = 6;
+/// `CAP_SETUID`: changing uids.
+pub const CAP_SETUID: u32 = 7;
+/// `CAP_SYS_ADMIN`: among much else, mount(2) and umount(2).
+pub const CAP_SYS_ADMIN: u32 = 21;
+
 /// The capabilities a run keeps unless told otherwise (see the module documentation for why).
 pub const DEFAULT_CAPS: &[&str] = &[
     "CHOWN",

@@ -26,6 +26,13 @@ pub enum Stage {
     Chdir,
     CloseFds,
     Seccomp,
+    /// The tool's own user and mount namespaces (a tool holding CAP_SYS_ADMIN; see
+    /// [`super::plan::Nest`]).
+    NestUnshare,
+    /// pid 1 writing the id maps of the tool's nested user namespace.
+    NestMaps,
+    /// `net.ipv4.ip_unprivileged_port_start` of the run's network namespace.
+    UnprivilegedPorts,
     /// exec of `Plan::exec.candidates[i]` (the last one tried).
     Exec(usize),
     /// Opening `Plan::sources[i]`.
@@ -57,6 +64,9 @@ impl Stage {
             Stage::Chdir => 11,
             Stage::CloseFds => 12,
             Stage::Seccomp => 13,
+            Stage::NestUnshare => 14,
+            Stage::NestMaps => 15,
+            Stage::UnprivilegedPorts => 16,
             Stage::Step(_) | Stage::Exec(_) | Stage::Source(_) => 0,
         }
     }
@@ -85,6 +95,9 @@ impl Stage {
             Stage::Chdir,
             Stage::CloseFds,
             Stage::Seccomp,
+            Stage::NestUnshare,
+            Stage::NestMaps,
+            Stage::UnprivilegedPorts,
         ]
         .into_iter()
         .find(|s| s.ordinal() as i32 == -v)
@@ -111,6 +124,13 @@ impl Stage {
             Stage::Chdir => format!("chdir to the working directory {:?}", plan.exec.cwd),
             Stage::CloseFds => "close inherited file descriptors".into(),
             Stage::Seccomp => "load the seccomp filter".into(),
+            Stage::NestUnshare => {
+                "unshare the tool's nested user and mount namespaces (CAP_SYS_ADMIN runs)".into()
+            }
+            Stage::NestMaps => "write the id maps of the tool's nested user namespace".into(),
+            Stage::UnprivilegedPorts => {
+                "set net.ipv4.ip_unprivileged_port_start to 0 in the run's network namespace".into()
+            }
             Stage::Exec(i) => format!("exec {:?}", plan.exec.candidates.get(i)),
             Stage::Source(i) => format!("open {:?}", plan.sources.get(i).map(|s| &s.path)),
         }
@@ -234,6 +254,15 @@ fn setup(plan: &Plan, fds: &ChildFds) -> Result<(), (Stage, i32)> {
     let (uid, gid) = plan.setup_ids;
     sys::set_ids(uid, gid, plan.idmap.setgroups.then_some(groups)).map_err(|e| (Stage::Ids, e))?;
     rearm_parent_death(fds.sync_r).map_err(|e| (Stage::Ids, e))?;
+    if plan.nest.is_some() && plan.loopback_up {
+        // The nested tool has no capability over the run's network namespace, which belongs to
+        // the outer user namespace, so CAP_NET_BIND_SERVICE would mean nothing to it: let every
+        // uid bind low ports there, as Docker does for every container. Written now, through
+        // the host's /proc (net sysctls follow the writer's network namespace), because the
+        // container's /proc/sys is read-only once mounted.
+        sys::write_file(c"/proc/sys/net/ipv4/ip_unprivileged_port_start", b"0")
+            .map_err(|e| (Stage::UnprivilegedPorts, e))?;
+    }
     for (i, step) in plan.steps.iter().enumerate() {
         step.execute(&plan.mount_fds)
             .map_err(|e| (Stage::Step(i), e))?;
@@ -282,6 +311,14 @@ mod tests {
             Report::Failed {
                 stage: Stage::UnshareCgroup,
                 errno: 1,
+            },
+            Report::Failed {
+                stage: Stage::NestMaps,
+                errno: libc::EPERM,
+            },
+            Report::Failed {
+                stage: Stage::UnprivilegedPorts,
+                errno: libc::EROFS,
             },
             Report::Started { pid: 2 },
             Report::Exited { code: 42 },

@@ -243,6 +243,11 @@ impl IdMap {
         lookup(&self.uids, uid)
     }
 
+    /// Whether the namespace maps more than one uid (a range: root, or subordinate ids).
+    pub fn maps_many_uids(&self) -> bool {
+        self.uids.iter().map(|e| u64::from(e.count)).sum::<u64>() > 1
+    }
+
     /// Host gid that container gid `gid` stands for.
     pub fn host_gid(&self, gid: u32) -> Option<u32> {
         lookup(&self.gids, gid)

@@ -41,35 +41,87 @@ pub fn run(plan: &Plan, report_w: RawFd, rlimits: &[Rlimit]) -> ! {
     // Non-dumpable: the tool must not be able to open /proc/1/{exe,mem,fd} (CVE-2019-5736 class),
     // even as the same uid.
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    // We are a fork of the caller that never execs: its command line (registry credentials,
+    // host paths) and environment would stay readable in /proc/1/cmdline, which needs no
+    // ptrace access. Overwrite them.
+    sys::clear_caller_memory(&plan.caller_memory, b"nsrun-init");
     // Keep only stdio and the report pipe: nothing of the caller's leaks into the container.
-    let fail = |stage, errno| -> ! {
-        Report::Failed { stage, errno }.send(report_w);
-        sys::exit(125)
-    };
     if report_w != REPORT_FD {
-        if let Err(e) = sys::dup2(report_w, REPORT_FD) {
-            fail(Stage::CloseFds, e);
+        if let Err(errno) = sys::dup2(report_w, REPORT_FD) {
+            Report::Failed {
+                stage: Stage::CloseFds,
+                errno,
+            }
+            .send(report_w);
+            sys::exit(125)
         }
     }
+    let report = REPORT_FD;
+    // From here on failures go to REPORT_FD: `report_w` itself is closed next.
+    let fail = |stage, errno| -> ! {
+        Report::Failed { stage, errno }.send(report);
+        sys::exit(125)
+    };
     if let Err(e) = sys::close_range(REPORT_FD as u32 + 1, false) {
         fail(Stage::CloseFds, e);
     }
-    let report = REPORT_FD;
 
     let (err_r, err_w) = match sys::pipe() {
         Ok(p) => p,
         Err(e) => fail(Stage::Fork, e),
     };
+    // With a nested user namespace, the tool unshares it and waits on `go` while we write its
+    // maps (a process cannot map ids of a namespace it is already inside; its parent namespace
+    // can).
+    let nest_pipes = match &plan.nest {
+        None => None,
+        Some(_) => match (sys::pipe(), sys::pipe()) {
+            (Ok(ready), Ok(go)) => Some((ready, go)),
+            (Err(e), _) | (_, Err(e)) => fail(Stage::Fork, e),
+        },
+    };
     let tool = match sys::fork() {
         Ok(0) => {
             sys::close(err_r);
             sys::close(report);
-            exec_tool(plan, err_w, rlimits)
+            let nest = nest_pipes.map(|((ready_r, ready_w), (go_r, go_w))| {
+                sys::close(ready_r);
+                sys::close(go_w);
+                (ready_w, go_r)
+            });
+            exec_tool(plan, err_w, rlimits, nest)
         }
         Ok(pid) => pid,
         Err(e) => fail(Stage::Fork, e),
     };
     sys::close(err_w);
+    if let (Some(nest), Some(((ready_r, ready_w), (go_r, go_w)))) = (&plan.nest, nest_pipes) {
+        sys::close(ready_w);
+        sys::close(go_r);
+        let mut byte = [0u8; 1];
+        // EOF: the tool failed to unshare and says why on `err_r`, read below.
+        if sys::read_full(ready_r, &mut byte) == Ok(1) {
+            let mut path = [0u8; 64];
+            let written = sys::write_file(
+                sys::proc_pid_path(&mut path, tool, b"gid_map"),
+                &nest.gid_map,
+            )
+            .and_then(|()| {
+                sys::write_file(
+                    sys::proc_pid_path(&mut path, tool, b"uid_map"),
+                    &nest.uid_map,
+                )
+            });
+            if let Err(e) = written {
+                let _ = sys::kill(tool, libc::SIGKILL);
+                let _ = sys::waitpid(tool, 0);
+                fail(Stage::NestMaps, e);
+            }
+            let _ = sys::write_all(go_w, &[1]);
+        }
+        sys::close(ready_r);
+        sys::close(go_w);
+    }
 
     // The tool sends a `Report::Failed` here if it fails before exec; EOF means exec succeeded.
     let mut buf = [0u8; REPORT_SIZE];
@@ -112,11 +164,33 @@ pub fn run(plan: &Plan, report_w: RawFd, rlimits: &[Rlimit]) -> ! {
 }
 
 /// The tool's process: drop to the tool's identity and confinement, then exec. Never returns.
-fn exec_tool(plan: &Plan, err_w: RawFd, rlimits: &[Rlimit]) -> ! {
+/// `nest` holds its ends of the nested-namespace handshake (ready, go) when the plan has one.
+fn exec_tool(plan: &Plan, err_w: RawFd, rlimits: &[Rlimit], nest: Option<(RawFd, RawFd)>) -> ! {
     let fail = |stage: Stage, errno: i32| -> ! {
         Report::Failed { stage, errno }.send(err_w);
         sys::exit(127)
     };
+    if let Some((ready_w, go_r)) = nest {
+        // The mounts are copied into the new mount namespace locked (see `plan::Nest`). Done
+        // before anything else so that the rest happens with the nested namespace's fresh,
+        // full capability set, which the steps below narrow as for any other run.
+        // pid 1's non-dumpable flag, inherited by the fork, makes our /proc/<pid> files
+        // belong to host root, whom pid 1 cannot write for: it could not map us. Nothing else
+        // runs in the sandbox yet that could use the window, and exec resets the flag anyway.
+        if let Err(err) = sys::prctl(libc::PR_SET_DUMPABLE, 1) {
+            fail(Stage::NestUnshare, err);
+        }
+        if let Err(err) = sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) {
+            fail(Stage::NestUnshare, err);
+        }
+        let mut byte = [0u8; 1];
+        if sys::write_all(ready_w, &[1]).is_err() || sys::read_full(go_r, &mut byte) != Ok(1) {
+            // pid 1 could not map us; it reports why.
+            sys::exit(127);
+        }
+        sys::close(ready_w);
+        sys::close(go_r);
+    }
     let e = &plan.exec;
     sys::sigmask(libc::SIG_SETMASK, &sys::sigset(&[]));
     sys::reset_signal_dispositions();

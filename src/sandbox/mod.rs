@@ -20,6 +20,6 @@ pub mod spec;
 mod sys;
 pub mod user;
 
-pub use spawn::{run, Outcome, RunError, Stdio, Termination};
+pub use spawn::{check_stdio, run, Outcome, RunError, Stdio, Termination};
 
 pub use spec::{parse_size, BindMount, Network, SandboxSpec, TmpfsMount};

@@ -70,6 +70,56 @@ pub enum MountError {
     },
     #[error("{0}: cannot mount over the container's root")]
     OverRoot(String),
+    #[error("{target}: cannot mount over {reserved}, which nsrun mounts and masks itself (it would hide procfs' masks, sysfs or the run's devices)")]
+    Reserved {
+        target: String,
+        reserved: &'static str,
+    },
+}
+
+/// Refuses a user mount (`-v`, `--tmpfs`) at `target` when it would cover what nsrun mounts
+/// itself: `/proc` and `/sys` (and below: they carry the masks that hide the host's kernel
+/// interfaces), `/dev` and `/dev/pts` (the run's devices). Below `/dev` the user's mounts are
+/// fine (`/dev/shm`). `builtins` are where `/proc`, `/sys` and `/dev` resolve to in the rootfs.
+fn reserved(target: &str, builtins: [&str; 3]) -> Result<(), MountError> {
+    let inside =
+        |x: &str, y: &str| x == y || x.starts_with(&format!("{}/", y.trim_end_matches('/')));
+    let [proc_p, sys_p, dev_p] = builtins;
+    let reserved = if inside(target, proc_p) {
+        "/proc"
+    } else if inside(target, sys_p) {
+        "/sys"
+    } else if target == dev_p {
+        "/dev"
+    } else if inside(target, &format!("{}/pts", dev_p.trim_end_matches('/'))) {
+        "/dev/pts"
+    } else {
+        return Ok(());
+    };
+    Err(MountError::Reserved {
+        target: target.to_string(),
+        reserved,
+    })
+}
+
+/// [`reserved`] on the path as written, before any rootfs is at hand (the CLI checks its flags
+/// before it pulls an image): `/proc/`, `//sys/x` and `/dev/./pts` count as what they name.
+pub fn check_target(target: &str) -> Result<(), MountError> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let normal = format!("/{}", parts.join("/"));
+    if normal == "/" {
+        return Err(MountError::OverRoot(target.to_string()));
+    }
+    reserved(&normal, ["/proc", "/sys", "/dev"])
 }
 
 /// How the child may shrug off a failed step.
@@ -360,15 +410,19 @@ pub fn plan(spec: &SandboxSpec, cwd: &str, overlay_root: bool) -> Result<Mounts,
         let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
         binds.push((p.target(&b.target, kind)?, b.source.clone(), b.read_only));
     }
-    for (t, _) in &tmpfs_t {
+    // `/proc` and `/sys` carry the masks that hide the host's kernel interfaces, `/dev` and
+    // `/dev/pts` the run's devices: a volume or tmpfs over them (Docker refuses `/proc` too)
+    // would silently take that away. Below `/dev`, the user's mounts are fine (`/dev/shm`).
+    // Checked on the resolved paths: an image symlink `/data -> /proc` must not get around it.
+    let user_targets = tmpfs_t
+        .iter()
+        .map(|(t, _)| t)
+        .chain(binds.iter().map(|(t, _, _)| t));
+    for t in user_targets {
         if t.path == "/" {
             return Err(MountError::OverRoot(t.path.clone()));
         }
-    }
-    for (t, _, _) in &binds {
-        if t.path == "/" {
-            return Err(MountError::OverRoot(t.path.clone()));
-        }
+        reserved(&t.path, [&proc_t.path, &sys_t.path, &dev_t.path])?;
     }
     // A missing working directory is made (empty, read-only) in the skeleton, as Docker makes it.
     p.target(cwd, Kind::Dir)?;
@@ -976,6 +1030,35 @@ mod tests {
             resolve(&layers, "/loop"),
             Err(MountError::SymlinkLoop(_))
         ));
+    }
+
+    #[test]
+    fn mounts_over_procfs_sysfs_and_devices_are_refused() {
+        for bad in [
+            "/proc",
+            "/proc/",
+            "/proc/sys",
+            "//sys/kernel",
+            "/dev",
+            "/dev/pts",
+            "/dev/./pts/0",
+            "/x/../proc",
+            "/",
+        ] {
+            assert!(check_target(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in [
+            "/dev/shm",
+            "/data",
+            "/procfs",
+            "/system",
+            "/devices",
+            "/dev/fuse",
+        ] {
+            assert!(check_target(good).is_ok(), "{good:?} refused");
+        }
+        let e = check_target("/proc").unwrap_err().to_string();
+        assert!(e.contains("/proc") && !e.contains('\n'), "{e}");
     }
 
     #[test]

@@ -29,10 +29,14 @@ pub enum PlanError {
     Caps(#[from] CapsError),
     #[error("seccomp: {0}")]
     Seccomp(#[from] SeccompError),
-    #[error("invalid environment variable {0:?}: expected KEY=VALUE")]
+    #[error("invalid environment variable {0:?}: expected KEY=VALUE with a KEY of no spaces, '=' or control characters")]
     BadEnv(String),
-    #[error("invalid hostname {0:?}: at most 64 characters, no NUL")]
+    #[error("invalid hostname {0:?}: 1 to 64 letters, digits, '-', '_' and '.'")]
     BadHostname(String),
+    #[error("--pids-limit {0}: nsrun's own pid 1 counts toward the limit, which leaves the tool no process; use at least 2")]
+    PidsTooLow(u64),
+    #[error("tmpfs {0}: a size of 0 would mean no limit at all; give a positive size")]
+    ZeroSize(String),
     #[error("working directory {0:?} must be an absolute path")]
     BadCwd(String),
     #[error("--memory {0}: the minimum memory limit is 6 MiB, as in Docker (nsrun's own setup needs some)")]
@@ -94,6 +98,72 @@ pub struct Plan {
     /// The kernel's highest capability number, read here so the child need not.
     pub last_cap: u32,
     pub seccomp: Option<Filter>,
+    /// Set when the tool holds CAP_SYS_ADMIN: it then runs in a user namespace of its own.
+    pub nest: Option<Nest>,
+    /// Where the caller's argument and environment strings sit in memory, which pid 1 (a fork of
+    /// the caller that never execs) overwrites: see [`caller_memory`].
+    pub caller_memory: [(usize, usize); 2],
+}
+
+/// The tool's own user namespace, nested in the run's, for a tool that holds CAP_SYS_ADMIN.
+///
+/// Every mount of a run is made in the run's user namespace, where CAP_SYS_ADMIN could remount a
+/// read-only bind read-write or unmount a mask. The tool's process therefore unshares a user
+/// and a mount namespace of its own just before it drops to its capabilities; the kernel copies
+/// the mounts into it *locked* (MNT_LOCK_READONLY and friends, MNT_LOCKED), as it does for any
+/// mount that crosses into a less privileged user namespace: no remount, bind-then-remount,
+/// unmount or `mount_setattr` can undo them. The nested namespace maps every id of the run's
+/// onto itself, so files and ids look the same. What it costs the tool: capabilities over the
+/// run's network, UTS, IPC, pid and cgroup namespaces, which belong to the outer namespace (so
+/// no `sethostname`, interface changes, fresh `/proc` or cgroupfs mounts even with
+/// `--cap-add SYS_ADMIN`); low ports stay bindable, as the run's network namespace lets every
+/// uid bind them.
+#[derive(Debug)]
+pub struct Nest {
+    /// `/proc/<tool>/uid_map` contents: the identity over the uids the run's namespace maps.
+    pub uid_map: Vec<u8>,
+    /// The same for gids.
+    pub gid_map: Vec<u8>,
+}
+
+impl Nest {
+    fn identity(idmap: &IdMap) -> Nest {
+        let render = |extents: &[super::idmap::Extent]| {
+            extents
+                .iter()
+                .map(|e| format!("{} {} {}\n", e.inside, e.inside, e.count))
+                .collect::<String>()
+                .into_bytes()
+        };
+        Nest {
+            uid_map: render(&idmap.uids),
+            gid_map: render(&idmap.gids),
+        }
+    }
+}
+
+/// `[start, end)` of this process's argument and environment strings (fields 48–51 of
+/// `/proc/self/stat`), read once; zeros where they cannot be read.
+pub fn caller_memory() -> [(usize, usize); 2] {
+    static AREAS: std::sync::OnceLock<[(usize, usize); 2]> = std::sync::OnceLock::new();
+    *AREAS.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| parse_memory_areas(&s))
+            .unwrap_or_default()
+    })
+}
+
+fn parse_memory_areas(stat: &str) -> Option<[(usize, usize); 2]> {
+    // Fields after the command name (in parentheses, which may hold anything) start at field 3.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<usize> = rest
+        .split_whitespace()
+        .skip(48 - 3)
+        .take(4)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    (f.len() == 4).then(|| [(f[0], f[1]), (f[2], f[3])])
 }
 
 impl Plan {
@@ -121,7 +191,7 @@ impl Plan {
         let caps = CapSet::resolve(&spec.cap_add, &spec.cap_drop)?;
         // With CAP_SYS_ADMIN the tool could remount a bound rootfs read-write and write into
         // the cache other runs share; an overlay without an upper layer cannot be made writable.
-        let sys_admin = super::caps::cap_from_name("SYS_ADMIN").is_some_and(|c| caps.contains(c));
+        let sys_admin = caps.contains(super::caps::CAP_SYS_ADMIN);
         let mounts = mounts::plan(spec, &cwd, sys_admin)?;
         let seccomp = seccomp::compile(&spec.seccomp, caps, spec.state_dir.as_deref())?;
         let env = environment(&spec.env, &hostname, &ident)?;
@@ -150,6 +220,7 @@ impl Plan {
         if spec.network == Network::None {
             clone_flags |= libc::CLONE_NEWNET;
         }
+        let nest = sys_admin.then(|| Nest::identity(&idmap));
         Ok(Plan {
             run_id: run_id.to_string(),
             clone_flags,
@@ -164,6 +235,8 @@ impl Plan {
             caps,
             last_cap: super::caps::last_cap(),
             seccomp,
+            nest,
+            caller_memory: caller_memory(),
         })
     }
 }
@@ -189,7 +262,11 @@ pub fn check(spec: &SandboxSpec) -> Result<(), PlanError> {
         seccomp::compile(&spec.seccomp, caps, spec.state_dir.as_deref())?;
     }
     for b in &spec.binds {
+        mounts::check_target(&b.target)?;
         std::fs::metadata(&b.source).map_err(|e| MountError::BindSource(b.source.clone(), e))?;
+    }
+    for t in &spec.tmpfs {
+        mounts::check_target(&t.target)?;
     }
     IdMap::decide(spec.userns, Caller::current(), (0, 0), spec.root_id_base)?;
     Ok(())
@@ -199,10 +276,19 @@ pub fn check(spec: &SandboxSpec) -> Result<(), PlanError> {
 const MIN_MEMORY: u64 = 6 << 20;
 
 fn check_limits(spec: &SandboxSpec) -> Result<(), PlanError> {
-    match spec.limits.memory {
-        Some(m) if m < MIN_MEMORY => Err(PlanError::MemoryTooLow(m)),
-        _ => Ok(()),
+    if let Some(m) = spec.limits.memory.filter(|&m| m < MIN_MEMORY) {
+        return Err(PlanError::MemoryTooLow(m));
     }
+    if let Some(p) = spec.limits.pids.filter(|&p| p < 2) {
+        return Err(PlanError::PidsTooLow(p));
+    }
+    if spec.tmp_size == 0 {
+        return Err(PlanError::ZeroSize("/tmp".into()));
+    }
+    if let Some(t) = spec.tmpfs.iter().find(|t| t.size == 0) {
+        return Err(PlanError::ZeroSize(t.target.clone()));
+    }
+    Ok(())
 }
 
 fn working_dir(spec: &SandboxSpec) -> Result<String, PlanError> {
@@ -217,17 +303,31 @@ fn working_dir(spec: &SandboxSpec) -> Result<String, PlanError> {
     Ok(cwd)
 }
 
+/// A hostname as RFC 1123 allows: letters, digits, `-` and `.` (and `_`, which Docker takes), at
+/// most 64 bytes (the kernel's limit). A `/` or a newline would end up in `/etc/hostname`,
+/// `$HOSTNAME` and prompts.
 fn check_hostname(hostname: &str) -> Result<(), PlanError> {
-    if hostname.is_empty() || hostname.len() > 64 || hostname.contains('\0') {
+    let ok = !hostname.is_empty()
+        && hostname.len() <= 64
+        && !hostname.starts_with(['-', '.'])
+        && hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if !ok {
         return Err(PlanError::BadHostname(hostname.to_string()));
     }
     Ok(())
 }
 
-/// A `KEY=VALUE` pair with a non-empty key; returns the key.
+/// A `KEY=VALUE` pair with a key a shell or `env` could name: non-empty, without whitespace,
+/// `=` (it ends the key) or control characters. Returns the key.
 fn check_env(v: &str) -> Result<&str, PlanError> {
     match v.split_once('=') {
-        Some((k, _)) if !k.is_empty() => Ok(k),
+        Some((k, _))
+            if !k.is_empty() && !k.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            Ok(k)
+        }
         _ => Err(PlanError::BadEnv(v.to_string())),
     }
 }
@@ -371,6 +471,19 @@ mod tests {
         assert_eq!(env, ["PATH=/x", "HOSTNAME=box", "HOME=/h"]);
         assert!(environment(&["NOEQUALS".into()], "b", &ident(0, None)).is_err());
         assert!(environment(&["=v".into()], "b", &ident(0, None)).is_err());
+        for bad in ["", "=", "A B=1", " A=1", "A\n=1", "A\t=1"] {
+            assert!(check_env(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn hostnames_follow_rfc_1123() {
+        for good in ["box", "a-b.example", "x1", &"a".repeat(64)] {
+            assert!(check_hostname(good).is_ok(), "{good:?} refused");
+        }
+        for bad in ["", "a/b", "a\nb", "a b", "-a", ".a", "a\0", &"a".repeat(65)] {
+            assert!(check_hostname(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
@@ -389,6 +502,34 @@ mod tests {
         let e = exec_plan(&["./x".into()], vec![], "/", &ident(0, None), false).unwrap();
         assert_eq!(e.candidates, [c"./x".to_owned()]);
         assert!(e.groups.is_none());
+    }
+
+    #[test]
+    fn memory_areas_come_from_proc_self_stat() {
+        let mine = caller_memory();
+        assert!(mine[0].0 > 0 && mine[0].1 > mine[0].0, "{mine:?}");
+        assert!(
+            mine[1].0 >= mine[0].1,
+            "environment follows the arguments: {mine:?}"
+        );
+        let stat = "1 (a b) c) S 0 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 5 1 1 1 1 1 1 1 1 \
+                    0 0 0 0 0 0 0 17 0 0 0 0 0 0 1 2 3 100 200 300 400 0";
+        assert_eq!(parse_memory_areas(stat), Some([(100, 200), (300, 400)]));
+        assert_eq!(parse_memory_areas("1 (x) S 0"), None);
+    }
+
+    #[test]
+    fn nested_maps_are_the_identity_over_the_outer_ranges() {
+        let map = IdMap::decide(
+            super::super::idmap::UsernsMode::Auto,
+            Caller { uid: 0, gid: 0 },
+            (0, 0),
+            Some(1_000_000_000),
+        )
+        .unwrap();
+        let nest = Nest::identity(&map);
+        assert_eq!(nest.uid_map, b"0 0 65536\n");
+        assert_eq!(nest.gid_map, b"0 0 65536\n");
     }
 
     #[test]

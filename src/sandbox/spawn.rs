@@ -53,6 +53,11 @@ pub enum RunError {
     SetupOom,
     #[error("the sandbox's pid 1 exited before starting the tool (status {0})")]
     Vanished(i32),
+    #[error("{which} is {what}: the tool could reach the host's files through it; redirect it from a file, a pipe or /dev/null")]
+    BadStdio {
+        which: &'static str,
+        what: &'static str,
+    },
 }
 
 impl RunError {
@@ -99,6 +104,10 @@ pub struct Outcome {
     /// not be removed: `nsrun gc` removes it later), one line each.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// How the run differs from what was asked, to enforce what was asked (one sentence each),
+    /// e.g. capabilities dropped so that an rlimit holds.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl Outcome {
@@ -126,6 +135,40 @@ pub struct Stdio {
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+}
+
+/// Refuses a descriptor the tool would get as stdin, stdout or stderr when it is a directory or
+/// an `O_PATH` descriptor: through `/proc/self/fd/N/` the tool would walk the host's filesystem
+/// from there (`nsrun run -i … < /`). `which` names the stream for the message.
+///
+/// ```
+/// use std::os::fd::AsRawFd;
+/// let dir = std::fs::File::open("/").unwrap();
+/// let err = nsrun::sandbox::check_stdio(dir.as_raw_fd(), "stdin").unwrap_err();
+/// assert!(err.to_string().starts_with("stdin is a directory"));
+/// let file = std::fs::File::open("/dev/null").unwrap();
+/// assert!(nsrun::sandbox::check_stdio(file.as_raw_fd(), "stdin").is_ok());
+/// ```
+pub fn check_stdio(fd: RawFd, which: &'static str) -> Result<(), RunError> {
+    let bad = |what| Err(RunError::BadStdio { which, what });
+    // A closed descriptor is the caller's business: the tool then gets none either.
+    let Ok(flags) = nix::fcntl::fcntl(
+        // SAFETY: only borrowed for this call; fcntl(F_GETFL) does not affect it.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFL,
+    ) else {
+        return Ok(());
+    };
+    if flags & libc::O_PATH != 0 {
+        return bad("an O_PATH descriptor");
+    }
+    match nix::sys::stat::fstat(
+        // SAFETY: as above; fstat only reads.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+    ) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => bad("a directory"),
+        _ => Ok(()),
+    }
 }
 
 fn sys_err(what: &'static str) -> impl Fn(nix::errno::Errno) -> RunError {
@@ -178,9 +221,18 @@ pub fn run_observed(
     cancel: Option<BorrowedFd>,
     on_started: &mut dyn FnMut(&str, Duration),
 ) -> Result<Outcome, RunError> {
+    // Before anything is created: what the tool's stdio will be.
+    let raw = |fd: &Option<OwnedFd>, default: RawFd| fd.as_ref().map_or(default, |f| f.as_raw_fd());
+    if stdio.stdin.is_some() || spec.stdin {
+        check_stdio(raw(&stdio.stdin, 0), "stdin")?;
+    }
+    check_stdio(raw(&stdio.stdout, 1), "stdout")?;
+    check_stdio(raw(&stdio.stderr, 2), "stderr")?;
+
     let run_id = spec.run_id.clone().unwrap_or_else(new_run_id);
-    let plan = Plan::build(spec, &run_id)?;
+    let mut plan = Plan::build(spec, &run_id)?;
     let enforcement = cgroup::setup(&spec.limits, &run_id)?;
+    let mut notes = Vec::new();
     let (rlimits, unenforced) = match &enforcement {
         Enforcement::Rlimits {
             rlimits,
@@ -189,6 +241,20 @@ pub fn run_observed(
         Enforcement::Cgroup(cg) => (Vec::new(), cg.unenforced().to_vec()),
         Enforcement::None => (Vec::new(), Vec::new()),
     };
+    if rlimits.iter().any(|r| r.resource == libc::RLIMIT_NPROC) && plan.idmap.maps_many_uids() {
+        // RLIMIT_NPROC counts per uid: a tool that could switch among the namespace's uids
+        // would get the limit once per uid. Without SETUID and SETGID it keeps the uid it
+        // starts with (no_new_privs already makes setuid binaries useless), so the rlimit holds
+        // for the whole run.
+        plan.caps.remove(super::caps::CAP_SETUID);
+        plan.caps.remove(super::caps::CAP_SETGID);
+        notes.push(
+            "--pids-limit is enforced as RLIMIT_NPROC (no writable cgroup), which counts per \
+             uid: the tool's SETUID and SETGID capabilities were dropped so that it cannot \
+             switch uid to escape it"
+                .into(),
+        );
+    }
 
     let devnull;
     let stdin_fd: RawFd = match (&stdio.stdin, spec.stdin) {
@@ -202,7 +268,6 @@ pub fn run_observed(
             devnull.as_raw_fd()
         }
     };
-    let raw = |fd: &Option<OwnedFd>, default: RawFd| fd.as_ref().map_or(default, |f| f.as_raw_fd());
     let (sync_r, sync_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
     let (report_r, report_w) =
@@ -290,6 +355,7 @@ pub fn run_observed(
                 peak_memory: None,
                 unenforced,
                 warnings,
+                notes,
             });
         }
         if stats.as_ref().is_some_and(|s| s.oom_killed) {
@@ -321,6 +387,7 @@ pub fn run_observed(
             .or(Some(usage.ru_maxrss as u64 * 1024)),
         unenforced,
         warnings,
+        notes,
     })
 }
 

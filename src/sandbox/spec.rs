@@ -218,12 +218,16 @@ impl std::str::FromStr for TmpfsMount {
     }
 }
 
+/// The largest size [`parse_size`] takes (1 EiB): anything larger is a typo, or an overflow.
+pub const MAX_SIZE: u64 = 1 << 60;
+
 /// Parses a Docker-style size: a number with an optional `b`, `k`, `m`, `g` suffix (powers of 1024).
 ///
 /// ```
 /// assert_eq!(nsrun::sandbox::parse_size("512m"), Ok(512 << 20));
 /// assert_eq!(nsrun::sandbox::parse_size("1G"), Ok(1 << 30));
 /// assert!(nsrun::sandbox::parse_size("lots").is_err());
+/// assert!(nsrun::sandbox::parse_size("99999999999999999999").is_err());
 /// ```
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let lower = s.trim().to_ascii_lowercase();
@@ -242,7 +246,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     if !(n.is_finite() && n >= 0.0) {
         return Err(format!("invalid size {s:?}: must be a non-negative number"));
     }
-    Ok((n * (1u64 << shift) as f64) as u64)
+    let bytes = n * (1u64 << shift) as f64;
+    // A float cast saturates: 99999999999999999999 would silently become u64::MAX, which the
+    // kernel takes as "no limit".
+    if bytes > MAX_SIZE as f64 {
+        return Err(format!("invalid size {s:?}: larger than 1 EiB"));
+    }
+    Ok(bytes as u64)
 }
 
 /// Network mode of a run.

@@ -450,3 +450,76 @@ pub fn dev_ino(fd: RawFd) -> Result<(u64, u64), i32> {
     check(unsafe { libc::fstat(fd, &mut st) })?;
     Ok((st.st_dev, st.st_ino))
 }
+
+/// Writes `data` to the file at `path` in one write(2) (what `/proc` id maps and sysctls want).
+pub fn write_file(path: &CStr, data: &[u8]) -> Result<(), i32> {
+    // SAFETY: path is NUL-terminated.
+    let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) })?;
+    let ret = write_all(fd, data);
+    close(fd);
+    ret
+}
+
+/// `/proc/<pid>/<file>` as a NUL-terminated string in `buf`, without allocating.
+pub fn proc_pid_path<'a>(buf: &'a mut [u8; 64], pid: libc::pid_t, file: &[u8]) -> &'a CStr {
+    let mut digits = [0u8; 12];
+    let mut n = pid.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut len = 0;
+    for part in [b"/proc/".as_slice(), &digits[i..], b"/", file] {
+        let take = part.len().min(buf.len() - 1 - len);
+        buf[len..len + take].copy_from_slice(&part[..take]);
+        len += take;
+    }
+    buf[len] = 0;
+    CStr::from_bytes_until_nul(&buf[..=len]).expect("NUL-terminated above")
+}
+
+/// Overwrites the caller's argument and environment strings in this process's memory, so that
+/// `/proc/<pid>/cmdline` and `environ` tell nothing of them: `label` at the start of the
+/// argument area, zeros everywhere else. `areas` are `[start, end)` address ranges as
+/// `/proc/self/stat` gives them (fields 48–51); empty ranges are skipped.
+///
+/// Meant for pid 1, a fork of the caller that never execs: nothing in it reads the strings again.
+pub fn clear_caller_memory(areas: &[(usize, usize); 2], label: &[u8]) {
+    for (i, &(start, end)) in areas.iter().enumerate() {
+        if start == 0 || end <= start {
+            continue;
+        }
+        // SAFETY: [start, end) is the argument (or environment) string area the kernel set up on
+        // this process's stack at exec, read from /proc/self/stat by the process we were forked
+        // from; it is mapped and writable, and no live Rust reference points into it here (pid 1
+        // never reads argv or the environment).
+        let area = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, end - start) };
+        area.fill(0);
+        if i == 0 {
+            // Keep the last byte NUL: the kernel then reads the area as plain arguments.
+            let take = label.len().min(area.len().saturating_sub(1));
+            area[..take].copy_from_slice(&label[..take]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_paths_are_formatted_without_allocating() {
+        let mut buf = [0u8; 64];
+        assert_eq!(proc_pid_path(&mut buf, 1, b"uid_map"), c"/proc/1/uid_map");
+        assert_eq!(
+            proc_pid_path(&mut buf, 4194304, b"gid_map"),
+            c"/proc/4194304/gid_map"
+        );
+        assert_eq!(proc_pid_path(&mut buf, 0, b"x"), c"/proc/0/x");
+    }
+}

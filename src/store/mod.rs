@@ -282,6 +282,8 @@ pub struct GcReport {
     pub broken: Vec<String>,
     /// Files of the sharing pool that no entry used any more.
     pub shared_files_released: u64,
+    /// Entry names whose lock files were left by pulls that failed or were killed.
+    pub locks: Vec<String>,
 }
 
 /// The cache.
@@ -1055,6 +1057,47 @@ impl Store {
         Ok(Some((install, used)))
     }
 
+    /// Removes the lock files (`<name>.lock`, `<name>.use`) of entries that do not exist: what a
+    /// pull that failed or was killed leaves. Each is removed while holding its install lock,
+    /// so no pull is installing it meanwhile (and [`lock_file`] notices the unlink).
+    fn clean_locks(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.root.join("locks");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let names: std::collections::BTreeSet<String> = rd
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let stem = n.strip_suffix(".lock").or_else(|| n.strip_suffix(".use"))?;
+                (stem != "refs" && !stem.starts_with('.')).then(|| stem.to_string())
+            })
+            .collect();
+        let mut removed = Vec::new();
+        for name in names {
+            if self.entry_dir(&name).exists() {
+                continue;
+            }
+            let install = dir.join(format!("{name}.lock"));
+            let Some(_lock) = lock_file(&install, false)? else {
+                continue; // a pull holds it: not stale
+            };
+            if self.entry_dir(&name).exists() {
+                continue;
+            }
+            let use_file = dir.join(format!("{name}.use"));
+            for p in [&use_file, &install] {
+                match std::fs::remove_file(p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io(p, "remove", e)),
+                }
+            }
+            removed.push(name);
+        }
+        Ok(removed)
+    }
+
     /// Keeps `img` from being removed by `rmi`/`gc` while the returned guard lives (a shared
     /// flock; any number of runs can hold one image). Fails if the entry was removed meanwhile.
     pub fn hold(&self, img: &ResolvedImage) -> Result<ImageHold, StoreError> {
@@ -1103,6 +1146,7 @@ impl Store {
         }
         report.staging = self.clean_staging(None)?;
         report.shared_files_released = self.clean_pool()?;
+        report.locks = self.clean_locks()?;
         let trash = self.root.join("trash");
         if let Ok(rd) = std::fs::read_dir(&trash) {
             for ent in rd.flatten() {
@@ -1207,25 +1251,41 @@ impl Drop for StagingGuard {
 }
 
 /// flock on `path` (created if missing). Non-blocking: `None` when someone else holds it.
+///
+/// `gc` deletes the lock files of entries that do not exist, holding the lock while it does: a
+/// process that opened the file before the unlink would then lock a file no one else can find.
+/// So after locking, the path must still name the file locked; if not, try again.
 fn lock_file(path: &Path, block: bool) -> Result<Option<Flock<File>>, StoreError> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| StoreError::io(path, "open lock", e))?;
-    let arg = if block {
-        FlockArg::LockExclusive
-    } else {
-        FlockArg::LockExclusiveNonblock
-    };
-    match Flock::lock(f, arg) {
-        Ok(l) => Ok(Some(l)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !block => Ok(None),
-        Err((_, source)) => Err(StoreError::Lock {
-            path: path.to_path_buf(),
-            source,
-        }),
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::io(path, "open lock", e))?;
+        let arg = if block {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockExclusiveNonblock
+        };
+        let lock = match Flock::lock(f, arg) {
+            Ok(l) => l,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if !block => return Ok(None),
+            Err((_, source)) => {
+                return Err(StoreError::Lock {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let held = lock
+            .metadata()
+            .map_err(|e| StoreError::io(path, "stat lock", e))?;
+        match std::fs::metadata(path) {
+            Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => return Ok(Some(lock)),
+            _ => continue,
+        }
     }
 }
 

@@ -21,12 +21,15 @@
 //! When no cgroup can be created (rootless without delegation, a read-only cgroupfs), the limits
 //! rlimits can express become [`Rlimit`]s applied in the child, and every other limit is named in
 //! `unenforced` so the caller can say so — never silently:
-//! - `--pids-limit` → `RLIMIT_NPROC`. It counts the tasks of the run's uid in the run's user
+//! - `--pids-limit` → `RLIMIT_NPROC`. It counts the tasks of one uid in the run's user
 //!   namespace (since Linux 5.14 these counts are per user namespace), which for a sandbox whose
-//!   processes all share one uid is the whole run, as `pids.max` would be.
+//!   processes all share one uid is the whole run, as `pids.max` would be. Where the namespace
+//!   maps many uids (subordinate ids), a tool with CAP_SETUID could spread its processes over
+//!   them, so [`crate::sandbox::run`] drops SETUID and SETGID from such a run and says so.
 //! - `--memory` → `RLIMIT_DATA` (private writable memory, heap and anonymous mmaps, since Linux
-//!   4.7). It caps each process, not the run, and the kernel answers ENOMEM instead of killing,
-//!   so it is reported as only partly enforced. `RLIMIT_AS` is not used: it also counts
+//!   4.7). It caps each process, not the run; shared mappings (`MAP_SHARED`, memfd, System V
+//!   shm, tmpfs files) are not counted at all; and the kernel answers ENOMEM instead of
+//!   killing. So it is reported as only partly enforced, saying all of that. `RLIMIT_AS` is not used: it also counts
 //!   reservations that Go, Java and sanitizer runtimes make and never touch.
 //! - `--memory-swap`, `--cpus` and `--cpu-shares` have no rlimit counterpart.
 //!
@@ -518,8 +521,11 @@ fn rlimit_fallback(limits: &Limits) -> Enforcement {
             resource: libc::RLIMIT_DATA,
             limit: m,
         });
-        unenforced
-            .push("--memory for the run as a whole (each process is capped by RLIMIT_DATA)".into());
+        unenforced.push(
+            "--memory for the run as a whole (each process's private memory is capped by \
+             RLIMIT_DATA; shared memory — MAP_SHARED, memfd, shm, tmpfs — is not counted)"
+                .into(),
+        );
     }
     if limits.memory_swap.is_some() {
         unenforced.push("--memory-swap".into());

@@ -37,7 +37,10 @@ use super::caps::CapSet;
 pub const DEFAULT_PROFILE: &str = include_str!("../../../profiles/default.json");
 
 /// Bumped whenever the way a profile becomes BPF changes, so old cache entries are not reused.
-const CACHE_FORMAT: &str = "nsrun-seccomp-bpf-v2";
+const CACHE_FORMAT: &str = "nsrun-seccomp-bpf-v3";
+/// First bytes of a cache file; a SHA-256 over the cache key and the program follows, then the
+/// program.
+const CACHE_MAGIC: &[u8; 8] = b"NSRUNBPF";
 /// The kernel refuses longer programs (BPF_MAXINSNS).
 const MAX_INSNS: usize = 4096;
 
@@ -124,14 +127,27 @@ pub fn compile(
     let cache_file = cache_dir
         .as_deref()
         .map(|d| d.join(format!("{}.bpf", cache_key(bytes, caps, native, kernel))));
-    if let Some(f) = cache_file.as_deref().and_then(read_cached) {
-        return Ok(Some(f));
+    let key = cache_file
+        .as_deref()
+        .and_then(|f| f.file_stem())
+        .map(|k| k.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let (Some(dir), Some(file)) = (cache_dir.as_deref(), cache_file.as_deref()) {
+        match read_cached(dir, file, &key) {
+            Ok(Some(f)) => return Ok(Some(f)),
+            Ok(None) => {}
+            // Never trusted, never fatal: compile afresh, say so once, replace the file.
+            Err(why) => eprintln!(
+                "nsrun: warning: seccomp cache {}: {why}; compiling the profile again",
+                file.display()
+            ),
+        }
     }
     let resolved = Profile::parse(bytes)?.resolve(caps, native, kernel)?;
     let filter = build(&resolved)?;
     if let (Some(dir), Some(file)) = (cache_dir.as_deref(), cache_file.as_deref()) {
         // Best effort: a read-only or full state dir costs speed, not correctness.
-        let _ = write_cached(dir, file, &filter);
+        let _ = write_cached(dir, file, &key, &filter);
     }
     Ok(Some(filter))
 }
@@ -193,13 +209,94 @@ fn cache_key(bytes: &[u8], caps: CapSet, native: &str, kernel: (u32, u32)) -> St
     hex::encode(h.finalize())
 }
 
-fn read_cached(file: &Path) -> Option<Filter> {
-    let bytes = std::fs::read(file).ok()?;
-    Filter::from_bytes(&bytes)
+/// What a cache file holds for `key`: magic, SHA-256 of (key, program), program.
+fn cache_bytes(key: &str, filter: &Filter) -> Vec<u8> {
+    let program = filter.to_bytes();
+    let mut out = Vec::with_capacity(CACHE_MAGIC.len() + 32 + program.len());
+    out.extend_from_slice(CACHE_MAGIC);
+    out.extend_from_slice(&cache_digest(key, &program));
+    out.extend_from_slice(&program);
+    out
 }
 
-fn write_cached(dir: &Path, file: &Path, filter: &Filter) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+fn cache_digest(key: &str, program: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(key.as_bytes());
+    h.update([0]);
+    h.update(program);
+    h.finalize().into()
+}
+
+/// Whether `meta` belongs to us and no one else may write it: a cache that changes what the
+/// sandbox filters must be as trusted as nsrun's own files.
+fn trusted(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(format!(
+            "owned by uid {}, not by us (uid {euid})",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "mode {:o} lets others write it",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// The cached program for `key`, verified: `Ok(None)` when there is none, `Err(why)` when the
+/// file (or its directory) is not ours alone, or its content is not the program it claims to be
+/// (truncated, replaced, written by another version).
+fn read_cached(dir: &Path, file: &Path, key: &str) -> Result<Option<Filter>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(file)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let dir_meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    trusted(&dir_meta).map_err(|why| format!("its directory is {why}"))?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    trusted(&meta)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    let header = CACHE_MAGIC.len() + 32;
+    if bytes.len() < header || &bytes[..CACHE_MAGIC.len()] != CACHE_MAGIC {
+        return Err("not a cache file of this nsrun version".into());
+    }
+    let program = &bytes[header..];
+    if bytes[CACHE_MAGIC.len()..header] != cache_digest(key, program) {
+        return Err("its checksum does not match its program (truncated or altered)".into());
+    }
+    Filter::from_bytes(program)
+        .map(Some)
+        .ok_or_else(|| "not a whole BPF program".into())
+}
+
+fn write_cached(dir: &Path, file: &Path, key: &str, filter: &Filter) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    // A directory an older nsrun made under a lax umask would fail every check: it is ours, so
+    // close it to others rather than warn on every run.
+    let meta = std::fs::symlink_metadata(dir)?;
+    if trusted(&meta).is_err()
+        && std::os::unix::fs::MetadataExt::uid(&meta) == nix::unistd::geteuid().as_raw()
+    {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    }
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -208,8 +305,9 @@ fn write_cached(dir: &Path, file: &Path, filter: &Filter) -> std::io::Result<()>
     let result = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&tmp)
-        .and_then(|mut f| f.write_all(&filter.to_bytes()))
+        .and_then(|mut f| f.write_all(&cache_bytes(key, filter)))
         .and_then(|_| std::fs::rename(&tmp, file));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
