@@ -423,3 +423,91 @@ pub fn helper_main() -> i32 {
     send(&reply);
     0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = include_str!("../docs/helper-protocol.schema.json");
+
+    fn schema() -> serde_json::Value {
+        serde_json::from_str(SCHEMA).unwrap()
+    }
+
+    fn keys(v: &serde_json::Value) -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    /// The schema names every field a spec and an outcome have, so it cannot drift silently.
+    #[test]
+    fn the_schema_covers_every_field() {
+        let s = schema();
+        let spec = serde_json::to_value(SandboxSpec::default()).unwrap();
+        assert_eq!(keys(&s["$defs"]["SandboxSpec"]["properties"]), keys(&spec));
+        let limits = &spec["limits"];
+        assert_eq!(
+            keys(&s["$defs"]["SandboxSpec"]["properties"]["limits"]["properties"]),
+            keys(limits)
+        );
+        let outcome = Outcome {
+            run_id: "0123456789ab".into(),
+            termination: sandbox::Termination::Exited(0),
+            timed_out: false,
+            oom_killed: false,
+            cancelled: false,
+            setup_time: Duration::ZERO,
+            wall_time: Duration::ZERO,
+            cpu_time: Duration::ZERO,
+            peak_memory: None,
+            unenforced: vec![],
+            warnings: vec![],
+            notes: vec![],
+        };
+        let o = serde_json::to_value(&outcome).unwrap();
+        assert_eq!(keys(&s["$defs"]["Outcome"]["properties"]), keys(&o));
+        let kinds: Vec<String> = s["$defs"]["Error"]["properties"]["kind"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        for e in [
+            Error::Cancelled,
+            Error::BadSpec {
+                message: "m".into(),
+            },
+            Error::Setup {
+                step: "mount".into(),
+                errno: 1,
+                message: "m".into(),
+            },
+        ] {
+            let v = serde_json::to_value(&e).unwrap();
+            assert!(kinds.contains(&v["kind"].as_str().unwrap().to_string()));
+        }
+        let started = serde_json::to_value(Message::Started {
+            run_id: "x".into(),
+            setup_time: Duration::from_millis(5),
+        })
+        .unwrap();
+        assert_eq!(started["type"], "started");
+        assert_eq!(started["setup_time"], 0.005);
+    }
+
+    /// Every field has a default: `{}` is a request (which fails later for lack of a command).
+    #[test]
+    fn every_field_has_a_default() {
+        let r: Request = serde_json::from_str("{}").unwrap();
+        assert_eq!(r.protocol, PROTOCOL_VERSION);
+        assert!(r.spec.args.is_empty());
+        let r: Request = serde_json::from_str(
+            r#"{"spec": {"args": ["true"], "timeout": {"secs": 1, "nanos": 0}}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.spec.args, ["true"]);
+        assert_eq!(r.spec.timeout, Some(Duration::from_secs(1)));
+        assert_eq!(r.spec.stop_timeout, sandbox::spec::DEFAULT_STOP_TIMEOUT);
+    }
+}

@@ -62,11 +62,17 @@ fn results_carry_exit_codes_output_and_timings() {
             .await
             .unwrap();
         assert_eq!((r.exit_code, r.signal), (3, None));
-        assert_eq!((r.stdout.as_slice(), r.stderr.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
+        assert_eq!(
+            (r.stdout.as_slice(), r.stderr.as_slice()),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
         assert!(!r.stdout_truncated && !r.timed_out && !r.oom_killed && !r.cancelled);
         assert_eq!(r.run_id.len(), 64);
         assert_eq!(r.labels.get("run").map(String::as_str), Some("r-1"));
-        assert_eq!(r.command, ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]);
+        assert_eq!(
+            r.command,
+            ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]
+        );
         assert!(r.ended_at >= r.started_at);
         assert!(r.durations.total >= r.durations.setup + r.durations.run);
         assert!(r.peak_memory.is_some());
@@ -83,10 +89,7 @@ fn results_carry_exit_codes_output_and_timings() {
 
         // stdin from bytes, binary-safe.
         let bin: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
-        let r = runtime
-            .run(sh("cat").stdin(bin.clone()))
-            .await
-            .unwrap();
+        let r = runtime.run(sh("cat").stdin(bin.clone())).await.unwrap();
         assert_eq!(r.stdout, bin);
 
         // The JSON form round-trips, binary output included (as base64).
@@ -120,7 +123,9 @@ fn errors_are_typed_with_docker_exit_codes_and_audited() {
             .unwrap_err();
         assert!(matches!(e, Error::BadSpec { .. }), "{e:?}");
         let e = runtime
-            .run(RunSpec::image("127.0.0.1:1/nothing/here:v1").pull(nsrun::store::PullPolicy::Never))
+            .run(
+                RunSpec::image("127.0.0.1:1/nothing/here:v1").pull(nsrun::store::PullPolicy::Never),
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, Error::ImageNotFound { .. }), "{e:?}");
@@ -137,10 +142,19 @@ fn errors_are_typed_with_docker_exit_codes_and_audited() {
     });
     // Failures are audited too, with their error.
     let log = std::fs::read_to_string(root.path().join("audit.log")).unwrap();
-    let recs: Vec<AuditRecord> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let recs: Vec<AuditRecord> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(recs.len(), 5);
-    assert!(recs.iter().all(|r| r.exit_code.is_none() && r.error.is_some()));
-    assert!(recs[0].error.as_deref().unwrap().contains("exit 127"), "{:?}", recs[0]);
+    assert!(recs
+        .iter()
+        .all(|r| r.exit_code.is_none() && r.error.is_some()));
+    assert!(
+        recs[0].error.as_deref().unwrap().contains("exit 127"),
+        "{:?}",
+        recs[0]
+    );
 }
 
 #[test]
@@ -219,7 +233,12 @@ fn two_hundred_requests_sixteen_at_a_time_fifo() {
             .map(|i| {
                 runtime.spawn(
                     RunSpec::rootfs(rootfs())
-                        .args(["/bin/sh", "-c", "cat /inputs/n; echo \" $0\"; cat /inputs/n > out", &i.to_string()])
+                        .args([
+                            "/bin/sh",
+                            "-c",
+                            "cat /inputs/n; echo \" $0\"; cat /inputs/n > out",
+                            &i.to_string(),
+                        ])
                         .workdir("/work")
                         .input("n", format!("in{i}"))
                         .output("out")
@@ -253,7 +272,12 @@ fn kill_and_drop_mid_run_leave_nothing() {
         let tok = token("kill");
         let mut h = runtime.spawn(
             RunSpec::rootfs(rootfs())
-                .args(["/bin/sh", "-c", "echo ready; while :; do sleep 1; done", &tok])
+                .args([
+                    "/bin/sh",
+                    "-c",
+                    "echo ready; while :; do sleep 1; done",
+                    &tok,
+                ])
                 .input("x", "data")
                 .output("y"),
         );
@@ -322,15 +346,20 @@ fn files_in_and_out_binary_safe_capped_and_validated() {
             Box::new(std::io::Cursor::new(bin.clone()));
         let r = runtime
             .run(
-                sh("cd /work && cat /inputs/a.bin > a && cat /inputs/sub/b.bin > b \
+                sh(
+                    "cd /work && cat /inputs/a.bin > a && cat /inputs/sub/b.bin > b \
                     && cat /inputs/c.bin > c && head -c 1200 /dev/zero > big \
-                    && ! touch /inputs/nope 2>/dev/null && echo ok")
-                    .input("a.bin", bin.clone())
-                    .input("sub/b.bin", nsrun::runner::Data::File(host.path().join("file.bin")))
-                    .input("c.bin", nsrun::runner::Data::Reader(reader))
-                    .output("a")
-                    .output("big")
-                    .output("missing"),
+                    && ! touch /inputs/nope 2>/dev/null && echo ok",
+                )
+                .input("a.bin", bin.clone())
+                .input(
+                    "sub/b.bin",
+                    nsrun::runner::Data::File(host.path().join("file.bin")),
+                )
+                .input("c.bin", nsrun::runner::Data::Reader(reader))
+                .output("a")
+                .output("big")
+                .output("missing"),
             )
             .await
             .unwrap();
@@ -345,10 +374,15 @@ fn files_in_and_out_binary_safe_capped_and_validated() {
 
         // Into a host directory, streamed.
         let outdir = tempfile::tempdir().unwrap();
-        let mut spec = sh("cat /inputs/a > /work/copy").input("a", bin[..900].to_vec()).output("copy");
+        let mut spec = sh("cat /inputs/a > /work/copy")
+            .input("a", bin[..900].to_vec())
+            .output("copy");
         spec.output_dir = Some(outdir.path().to_path_buf());
         let r = runtime.run(spec).await.unwrap();
-        assert_eq!(std::fs::read(outdir.path().join("copy")).unwrap(), &bin[..900]);
+        assert_eq!(
+            std::fs::read(outdir.path().join("copy")).unwrap(),
+            &bin[..900]
+        );
         assert!(r.outputs[0].data.is_empty() && !r.outputs[0].truncated);
 
         // A symlink to a host file in place of an output is refused, not followed.
@@ -356,10 +390,20 @@ fn files_in_and_out_binary_safe_capped_and_validated() {
             .run(sh("ln -s /etc/shadow /work/o").output("o"))
             .await
             .unwrap_err();
-        assert!(matches!(e, Error::Files { .. }) && e.to_string().contains("symlink"), "{e}");
+        assert!(
+            matches!(e, Error::Files { .. }) && e.to_string().contains("symlink"),
+            "{e}"
+        );
 
         // Bad names: refused before anything is created.
-        for bad in ["../x", "/etc/passwd", "a/../../b", "", "a\0b", &"n".repeat(2000)] {
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "a/../../b",
+            "",
+            "a\0b",
+            &"n".repeat(2000),
+        ] {
             let e = runtime.run(sh("true").input(bad, "x")).await.unwrap_err();
             assert!(matches!(e, Error::BadSpec { .. }), "{bad:?}: {e}");
             let e = runtime.run(sh("true").output(bad)).await.unwrap_err();
@@ -400,19 +444,27 @@ fn tenants_cannot_see_each_others_files() {
         let mode = std::fs::metadata(root.path().join("runs").join(&dirs[0]))
             .unwrap()
             .permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o700);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700
+        );
         let b = runtime
             .run(
-                sh("ls -R /inputs /work; find / -name 'secret-a*' 2>/dev/null; \
-                    grep -rs tenant-a-secret /inputs /work /tmp /run /home /root /srv; echo end")
-                    .input("mine.txt", "b")
-                    .output("x")
-                    .label("tenant", "b"),
+                sh(
+                    "ls -R /inputs /work; find / -name 'secret-a*' 2>/dev/null; \
+                    grep -rs tenant-a-secret /inputs /work /tmp /run /home /root /srv; echo end",
+                )
+                .input("mine.txt", "b")
+                .output("x")
+                .label("tenant", "b"),
             )
             .await
             .unwrap();
         let out = String::from_utf8_lossy(&b.stdout);
-        assert!(!out.contains("secret-a") && !out.contains("tenant-a-secret"), "{out}");
+        assert!(
+            !out.contains("secret-a") && !out.contains("tenant-a-secret"),
+            "{out}"
+        );
         assert!(out.contains("mine.txt") && out.ends_with("end\n"), "{out}");
         let a = a.wait().await.unwrap();
         assert_eq!(a.outputs[0].data, b"tenant-a-secret");
@@ -475,7 +527,10 @@ fn a_custom_audit_sink_gets_every_record() {
     });
     let recs = sink.0.lock().unwrap();
     assert_eq!(recs.len(), 1);
-    assert_eq!((recs[0].exit_code, recs[0].labels["k"].as_str()), (Some(7), "v"));
+    assert_eq!(
+        (recs[0].exit_code, recs[0].labels["k"].as_str()),
+        (Some(7), "v")
+    );
     assert!(!root.path().join("audit.log").exists());
 }
 
@@ -545,4 +600,63 @@ fn an_image_runs_with_its_rules_and_pull_events() {
             .unwrap();
         assert_eq!(r.stdout, b"plain\n");
     });
+}
+
+#[path = "../examples/worker.rs"]
+#[allow(dead_code)]
+mod worker;
+
+/// examples/worker.rs: JSON lines in, JSON lines out, each result its own.
+#[test]
+fn the_worker_example_answers_every_request() {
+    let root = tempfile::tempdir().unwrap();
+    let rt = tokio();
+    let runtime = builder(root.path()).max_concurrent(4).build().unwrap();
+    let rootfs = rootfs();
+    let mut input = String::new();
+    for i in 0..20 {
+        input.push_str(
+            &serde_json::json!({
+                "id": format!("r{i}"), "rootfs": rootfs, "command": ["/bin/sh", "-c", "read x; echo \"$x:$N\"; exit $N"],
+                "env": {"N": (i % 5).to_string()}, "stdin": format!("in{i}\n"), "timeout": 30,
+            })
+            .to_string(),
+        );
+        input.push('\n');
+    }
+    input.push_str("{\"id\": \"bad\", \"command\": [\"x\"]}\nnot json\n");
+    let (out_w, out_r) = tokio::io::duplex(1 << 20);
+    let out = rt.block_on(async move {
+        let reader = tokio::spawn(async move {
+            let mut s = String::new();
+            let mut r = out_r;
+            tokio::io::AsyncReadExt::read_to_string(&mut r, &mut s)
+                .await
+                .unwrap();
+            s
+        });
+        worker::serve(runtime, input.as_bytes(), out_w)
+            .await
+            .unwrap();
+        reader.await.unwrap()
+    });
+    let resps: Vec<worker::Response> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(resps.len(), 22);
+    for r in &resps {
+        match r.id.as_deref() {
+            Some("bad") | None => {
+                assert_eq!(r.exit_code, 125);
+                assert!(r.error.is_some());
+            }
+            Some(id) => {
+                let i: u32 = id[1..].parse().unwrap();
+                assert_eq!(r.exit_code, (i % 5) as i32, "{r:?}");
+                assert_eq!(r.stdout, format!("in{i}:{}\n", i % 5));
+                assert!(r.error.is_none() && r.run_id.is_some());
+            }
+        }
+    }
 }

@@ -166,9 +166,7 @@ pub fn request(a: &RunArgs) -> Result<(Runtime, RunSpec), Failure> {
     sandbox::check_stdio(2, "stderr").map_err(usage)?;
     let mut s = match (&a.rootfs, &a.image) {
         // With --rootfs there is no image: the first positional is the command.
-        (Some(dir), _) => {
-            RunSpec::rootfs(dir.clone()).args(a.image.iter().chain(&a.args).cloned())
-        }
+        (Some(dir), _) => RunSpec::rootfs(dir.clone()).args(a.image.iter().chain(&a.args).cloned()),
         (None, Some(reference)) => RunSpec::image(reference.clone()).args(a.args.clone()),
         (None, None) => {
             return Err(Failure::usage(
@@ -215,9 +213,8 @@ pub fn request(a: &RunArgs) -> Result<(Runtime, RunSpec), Failure> {
         .map(|v| v.parse::<TmpfsMount>())
         .collect::<Result<_, _>>()
         .map_err(Failure::usage)?;
-    s.tmp_size = Some(
-        parse_size(&a.tmpfs_size).map_err(|e| Failure::usage(format!("--tmpfs-size: {e}")))?,
-    );
+    s.tmp_size =
+        Some(parse_size(&a.tmpfs_size).map_err(|e| Failure::usage(format!("--tmpfs-size: {e}")))?);
     s.network = Some(a.network.parse::<Network>().map_err(Failure::usage)?);
     s.userns = a.userns.parse::<UsernsMode>().map_err(Failure::usage)?;
     s.uid_base = a.uid_base;
@@ -288,7 +285,12 @@ pub fn request(a: &RunArgs) -> Result<(Runtime, RunSpec), Failure> {
     }
     s.pull = a.images.pull;
     let mut b = Runtime::builder()
-        .root(a.images.root.clone().unwrap_or_else(nsrun::store::Store::default_root))
+        .root(
+            a.images
+                .root
+                .clone()
+                .unwrap_or_else(nsrun::store::Store::default_root),
+        )
         .registry(a.images.registry_options()?)
         .image_limits(a.images.unpack_limits()?)
         // The command line writes no audit log: --result-json is its record.
@@ -428,7 +430,10 @@ fn report(r: &RunResult, timeout: Option<Duration>, memory: Option<&str>, stats:
         );
     }
     for o in r.outputs.iter().filter(|o| o.missing) {
-        eprintln!("nsrun: warning: output {:?} was not created by the tool", o.path);
+        eprintln!(
+            "nsrun: warning: output {:?} was not created by the tool",
+            o.path
+        );
     }
     for o in r.outputs.iter().filter(|o| o.truncated) {
         eprintln!(

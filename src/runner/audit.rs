@@ -80,7 +80,10 @@ impl AuditSink for FileAudit {
     fn record(&self, record: &AuditRecord) {
         if let Err(e) = self.append(record) {
             // The run's result stands; losing its record must at least be visible.
-            eprintln!("nsrun: audit: cannot append to {}: {e}", self.path.display());
+            eprintln!(
+                "nsrun: audit: cannot append to {}: {e}",
+                self.path.display()
+            );
         }
     }
 }

@@ -72,7 +72,9 @@ pub const DEFAULT_CAPTURE_LIMIT: usize = 16 << 20;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Waiting for a slot; `position` runs are ahead (0: next).
-    Queued { position: usize },
+    Queued {
+        position: usize,
+    },
     /// Pulling the image.
     Pulling {
         reference: String,
@@ -544,7 +546,12 @@ struct Prepared {
 
 impl Prepared {
     /// Applies the image's rules to the spec and holds its cache entry for the run.
-    fn use_image(&mut self, store: &Store, img: ResolvedImage, spec: &RunSpec) -> Result<(), Error> {
+    fn use_image(
+        &mut self,
+        store: &Store,
+        img: ResolvedImage,
+        spec: &RunSpec,
+    ) -> Result<(), Error> {
         let hold = store
             .hold(&img)
             .map_err(|e| Error::from_store(&img.reference, &e))?;
@@ -575,6 +582,11 @@ impl Prepared {
         });
         let s = scratch::Scratch::create(root, self.tenant.as_deref(), run_id, owner)?;
         self.sandbox.binds.extend(s.binds(&self.work_dir));
+        // Tools write their results where they stand: unless the spec or the image says
+        // otherwise, that is the work directory.
+        if self.sandbox.cwd.is_none() {
+            self.sandbox.cwd = Some(self.work_dir.clone());
+        }
         self.scratch = Some(s);
         Ok(())
     }
@@ -587,7 +599,10 @@ fn prepare_base(inner: &Inner, spec: &RunSpec, run_id: &str) -> Result<Prepared,
     for i in &spec.inputs {
         scratch::check_name("input", &i.name)?;
         if !seen.insert(i.name.as_str()) {
-            return Err(Error::bad_spec(format!("input {:?} is given twice", i.name)));
+            return Err(Error::bad_spec(format!(
+                "input {:?} is given twice",
+                i.name
+            )));
         }
     }
     for o in &spec.outputs {
@@ -874,7 +889,10 @@ async fn run_inner(
     // A bad spec fails at once, without waiting for a slot.
     let mut prep = prepare_base(inner, spec, &run_id)?;
     rec.fill(&prep.sandbox);
-    let helper = inner.helper.clone().map_err(|message| Error::Helper { message })?;
+    let helper = inner
+        .helper
+        .clone()
+        .map_err(|message| Error::Helper { message })?;
 
     let slot = match ticket {
         Ticket::Ready(slot) => slot,
@@ -914,7 +932,14 @@ async fn run_inner(
                 };
                 // The final progress (everything done) may still be in the channel.
                 while let Ok(p) = prx.try_recv() {
-                    emit(tx, Event::Pulling { reference: reference.clone(), progress: p }).await;
+                    emit(
+                        tx,
+                        Event::Pulling {
+                            reference: reference.clone(),
+                            progress: p,
+                        },
+                    )
+                    .await;
                 }
                 img
             }
@@ -938,20 +963,22 @@ async fn run_inner(
     }
 
     let stdin_source = std::mem::take(&mut spec.stdin);
-    let (stdin_stdio, feed): (Option<std::process::Stdio>, Option<Box<dyn AsyncRead + Send + Unpin>>) =
-        match stdin_source {
-            Stdin::Null => (None, None),
-            Stdin::Inherit => (Some(std::process::Stdio::inherit()), None),
-            Stdin::Data(Data::File(p)) => {
-                let f = std::fs::File::open(&p).map_err(|e| Error::files(&p, "open stdin", e))?;
-                (Some(f.into()), None)
-            }
-            Stdin::Data(Data::Bytes(b)) => (
-                Some(std::process::Stdio::piped()),
-                Some(Box::new(std::io::Cursor::new(b))),
-            ),
-            Stdin::Data(Data::Reader(r)) => (Some(std::process::Stdio::piped()), Some(r)),
-        };
+    let (stdin_stdio, feed): (
+        Option<std::process::Stdio>,
+        Option<Box<dyn AsyncRead + Send + Unpin>>,
+    ) = match stdin_source {
+        Stdin::Null => (None, None),
+        Stdin::Inherit => (Some(std::process::Stdio::inherit()), None),
+        Stdin::Data(Data::File(p)) => {
+            let f = std::fs::File::open(&p).map_err(|e| Error::files(&p, "open stdin", e))?;
+            (Some(f.into()), None)
+        }
+        Stdin::Data(Data::Bytes(b)) => (
+            Some(std::process::Stdio::piped()),
+            Some(Box::new(std::io::Cursor::new(b))),
+        ),
+        Stdin::Data(Data::Reader(r)) => (Some(std::process::Stdio::piped()), Some(r)),
+    };
     let mut hr = helper.start(&prep.sandbox, stdin_stdio, true)?;
     let child_stdin = hr.stdin.take();
     let stdout = hr.stdout.take().expect("piped");

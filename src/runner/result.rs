@@ -194,7 +194,11 @@ pub mod rfc3339 {
         let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
         let days = era * 146097 + doe - 719468;
         let secs = days * 86400 + hh * 3600 + mm * 60 + ss;
-        Some(UNIX_EPOCH + Duration::from_secs(secs.try_into().ok()?) + Duration::from_millis(ms as u64))
+        Some(
+            UNIX_EPOCH
+                + Duration::from_secs(secs.try_into().ok()?)
+                + Duration::from_millis(ms as u64),
+        )
     }
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

@@ -243,8 +243,8 @@ impl Scratch {
                     b.len() as u64
                 }
                 Data::File(src) => {
-                    let mut f =
-                        std::fs::File::open(&src).map_err(|e| Error::files(&src, "open input", e))?;
+                    let mut f = std::fs::File::open(&src)
+                        .map_err(|e| Error::files(&src, "open input", e))?;
                     std::io::copy(&mut f, &mut file)
                         .map_err(|e| Error::files(&path, "copy into", e))?
                 }
@@ -470,8 +470,14 @@ mod tests {
         let got = s
             .collect_outputs(&["big".into(), "small".into(), "none".into()], lim, None)
             .unwrap();
-        assert_eq!((got[0].data.len(), got[0].size, got[0].truncated), (100, 1000, true));
-        assert_eq!((got[1].data.as_slice(), got[1].truncated), (&b"hello"[..], false));
+        assert_eq!(
+            (got[0].data.len(), got[0].size, got[0].truncated),
+            (100, 1000, true)
+        );
+        assert_eq!(
+            (got[1].data.as_slice(), got[1].truncated),
+            (&b"hello"[..], false)
+        );
         assert!(got[2].missing);
         let lim = OutputLimits {
             per_file: 100,
@@ -480,14 +486,13 @@ mod tests {
         let got = s
             .collect_outputs(&["big".into(), "small".into()], lim, None)
             .unwrap();
-        assert_eq!((got[1].data.as_slice(), got[1].truncated), (&b"he"[..], true));
-        let e = s
-            .collect_outputs(&["link".into()], lim, None)
-            .unwrap_err();
+        assert_eq!(
+            (got[1].data.as_slice(), got[1].truncated),
+            (&b"he"[..], true)
+        );
+        let e = s.collect_outputs(&["link".into()], lim, None).unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
-        let e = s
-            .collect_outputs(&["fifo".into()], lim, None)
-            .unwrap_err();
+        let e = s.collect_outputs(&["fifo".into()], lim, None).unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
         let dir = s.path().to_path_buf();
         drop(s);

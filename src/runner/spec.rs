@@ -144,7 +144,8 @@ pub struct RunSpec {
     /// directory (streamed, never whole in memory).
     pub output_dir: Option<PathBuf>,
     /// The writable scratch directory inside the container when inputs or outputs are used
-    /// (default `/work`).
+    /// (default `/work`); also the working directory then, unless `workdir` or the image's
+    /// WorkingDir says otherwise.
     pub work_dir: String,
     /// Free-form labels, recorded in the result and the audit log. `tenant` also names the
     /// scratch directory.

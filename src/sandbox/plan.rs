@@ -50,7 +50,9 @@ pub enum PlanError {
 /// Checks a caller-chosen run id: it names cgroups and scratch directories, so only hex digits.
 pub fn check_run_id(id: &str) -> Result<(), PlanError> {
     let ok = (12..=64).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if ok {
         Ok(())
     } else {
