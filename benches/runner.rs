@@ -39,9 +39,10 @@ fn xargs(private_ns: bool, c: usize, n: usize, line: &str) -> Duration {
         // with cgroups disabled it needs none, so it runs where that mount is not (the host's
         // mounts and cgroups are not touched: the umount is in a namespace of its own).
         let mut c = Command::new("unshare");
-        c.args(["-m", "--propagation", "private", "sh", "-c"]).arg(format!(
-            "umount -l /sys/fs/cgroup/unified 2>/dev/null; {pipeline}"
-        ));
+        c.args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "umount -l /sys/fs/cgroup/unified 2>/dev/null; {pipeline}"
+            ));
         c
     } else {
         let mut c = Command::new("sh");
@@ -130,10 +131,16 @@ fn runs_per_second(c: &mut Criterion) {
                 t.elapsed()
             })
         });
-        let line = format!("{} run --rootfs {} -- /bin/true", nsrun.display(), rootfs.display());
-        g.bench_with_input(BenchmarkId::new("nsrun run (xargs -P)", level), &level, |b, &n| {
-            b.iter_custom(|iters| (0..iters).map(|_| xargs(false, n, n, &line)).sum())
-        });
+        let line = format!(
+            "{} run --rootfs {} -- /bin/true",
+            nsrun.display(),
+            rootfs.display()
+        );
+        g.bench_with_input(
+            BenchmarkId::new("nsrun run (xargs -P)", level),
+            &level,
+            |b, &n| b.iter_custom(|iters| (0..iters).map(|_| xargs(false, n, n, &line)).sum()),
+        );
         if let Some(bundle) = &bundle {
             g.bench_with_input(BenchmarkId::new("crun run (xargs -P)", level), &level, |b, &n| {
                 b.iter_custom(|iters| {

@@ -360,7 +360,21 @@ pub fn helper_main() -> i32 {
         eprintln!("nsrun: helper mode needs a single-threaded process: call run_if_helper() before any thread or async runtime starts");
         return 125;
     }
-    // SAFETY: fd 3 was set up by `Helper::start` for this process and nothing else owns it.
+    // Started by hand (or by a caller that got the descriptors wrong): no fd 3 to own.
+    if nix::fcntl::fcntl(
+        // SAFETY: only borrowed for this one fcntl(F_GETFD), which any descriptor number allows.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(CONTROL_FD) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .is_err()
+    {
+        eprintln!(
+            "nsrun: {HELPER_ARG} is for the nsrun library's own use (no control socket on fd 3)"
+        );
+        return 125;
+    }
+    // SAFETY: fd 3 is open (checked above), was set up by our caller for this process, and
+    // nothing else in this process owns it.
     let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
     // Not for newuidmap and friends.
     let _ = nix::fcntl::fcntl(

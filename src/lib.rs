@@ -20,3 +20,8 @@ pub mod runner;
 pub mod sandbox;
 pub mod store;
 pub mod unpack;
+
+/// The README's examples, compiled as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

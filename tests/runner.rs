@@ -660,3 +660,36 @@ fn the_worker_example_answers_every_request() {
         }
     }
 }
+
+/// The Python example of docs/helper-protocol.md drives the helper as documented.
+#[test]
+fn the_protocol_doc_example_works_from_python() {
+    let doc = include_str!("../docs/helper-protocol.md");
+    let code = doc
+        .split("```python\n")
+        .nth(1)
+        .and_then(|c| c.split("```").next())
+        .expect("a python example");
+    let code = code
+        .replace(
+            "[\"nsrun\", ",
+            &format!("[{:?}, ", nsrun_bin().display().to_string()),
+        )
+        .replace("/srv/busybox", &rootfs().display().to_string());
+    let o = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&code)
+        .output()
+        .expect("python3");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.starts_with("b'hi\\n' {'type': 'done'"), "{out}");
+    assert!(
+        out.contains("'termination': {'kind': 'exited', 'value': 0}"),
+        "{out}"
+    );
+}

@@ -177,7 +177,7 @@ pub mod rfc3339 {
         )
     }
 
-    /// Parses what [`format`] writes.
+    /// Parses what [`format()`] writes.
     pub fn parse(s: &str) -> Option<SystemTime> {
         let b = s.as_bytes();
         if b.len() != 24 || b[23] != b'Z' {
