@@ -537,35 +537,7 @@ fn a_custom_audit_sink_gets_every_record() {
 #[test]
 fn an_image_runs_with_its_rules_and_pull_events() {
     let layout = tempfile::tempdir().unwrap();
-    // The busybox rootfs as an image whose Entrypoint, Env and WorkingDir apply.
-    let mut b = tar::Builder::new(Vec::new());
-    b.follow_symlinks(false);
-    b.append_dir_all(".", rootfs()).unwrap();
-    let tar = b.into_inner().unwrap();
-    let layer = images_common::gzip(&tar);
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {
-            "Entrypoint": ["/bin/sh", "-c", "echo \"$0 $1 $IMG $OVER $(pwd)\"", "ep"],
-            "Cmd": ["default"],
-            "Env": ["PATH=/bin", "IMG=img", "OVER=image"],
-            "WorkingDir": "/srv/w",
-        },
-        "rootfs": {"type": "layers", "diff_ids": [images_common::sha256(&tar)]},
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": images_common::OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": images_common::sha256(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": images_common::sha256(&layer), "size": layer.len()}],
-    }))
-    .unwrap();
-    let image = images_common::Image {
-        layers: vec![(layer, "application/vnd.oci.image.layer.v1.tar+gzip".into())],
-        config,
-        manifest,
-        docker: false,
-    };
+    let image = busybox_image();
     images_common::write_oci_layout(layout.path(), &[(&image, Some("v1"))], None);
     let reference = format!("oci:{}:v1", layout.path().display());
     let root = tempfile::tempdir().unwrap();
@@ -692,4 +664,112 @@ fn the_protocol_doc_example_works_from_python() {
         out.contains("'termination': {'kind': 'exited', 'value': 0}"),
         "{out}"
     );
+}
+
+/// The busybox rootfs as an image whose Entrypoint, Env and WorkingDir apply.
+fn busybox_image() -> images_common::Image {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", rootfs()).unwrap();
+    let tar = b.into_inner().unwrap();
+    let layer = images_common::gzip(&tar);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {
+            "Entrypoint": ["/bin/sh", "-c", "echo \"$0 $1 $IMG $OVER $(pwd)\"", "ep"],
+            "Cmd": ["default"],
+            "Env": ["PATH=/bin", "IMG=img", "OVER=image"],
+            "WorkingDir": "/srv/w",
+        },
+        "rootfs": {"type": "layers", "diff_ids": [images_common::sha256(&tar)]},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": images_common::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": images_common::sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": images_common::sha256(&layer), "size": layer.len()}],
+    }))
+    .unwrap();
+    images_common::Image {
+        layers: vec![(layer, "application/vnd.oci.image.layer.v1.tar+gzip".into())],
+        config,
+        manifest,
+        docker: false,
+    }
+}
+
+/// A run holds its image: `rmi` and `gc` during the run leave the entry, `gc` after removes it.
+#[test]
+fn a_running_image_is_held_against_rmi_and_gc() {
+    let layout = tempfile::tempdir().unwrap();
+    images_common::write_oci_layout(layout.path(), &[(&busybox_image(), Some("v1"))], None);
+    let reference = format!("oci:{}:v1", layout.path().display());
+    let root = tempfile::tempdir().unwrap();
+    let rt = tokio();
+    let runtime = builder(root.path()).build().unwrap();
+    let store = nsrun::store::Store::open(root.path()).unwrap();
+    let opts = nsrun::store::PullOptions::default();
+    rt.block_on(async {
+        let mut h = runtime.spawn(
+            RunSpec::image(&reference)
+                .entrypoint(["/bin/sh", "-c", "echo ready; sleep 1"])
+                .args(Vec::<String>::new()),
+        );
+        let mut rx = h.events().unwrap();
+        while let Some(e) = rx.recv().await {
+            if matches!(e, Event::Stdout(_)) {
+                break;
+            }
+        }
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let entry = store.lookup(&reference, &opts).unwrap().unwrap().entry;
+        store.remove(&reference, &opts).unwrap();
+        store.gc().unwrap();
+        assert!(entry.join("entry.json").is_file(), "removed while running");
+        assert_eq!(h.wait().await.unwrap().exit_code, 0);
+        assert_eq!(store.gc().unwrap().entries.len(), 1);
+        assert!(!entry.exists());
+    });
+}
+
+/// Events are bounded: a consumer that stops reading holds the tool up instead of buffering.
+#[test]
+fn a_slow_event_consumer_holds_the_tool_up() {
+    let root = tempfile::tempdir().unwrap();
+    let rt = tokio();
+    let runtime = builder(root.path()).capture_limit(1024).build().unwrap();
+    let tok = token("backpressure");
+    rt.block_on(async {
+        let mut h = runtime.spawn(RunSpec::rootfs(rootfs()).args([
+            "/bin/sh",
+            "-c",
+            "head -c 33554432 /dev/zero; exec sleep 0",
+            &tok,
+        ]));
+        let mut rx = h.events().unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // 32 MiB would take milliseconds to write; unread, the tool is still blocked in write.
+        assert!(
+            !pids_with(&tok).is_empty(),
+            "the tool ran ahead of its consumer"
+        );
+        let mut bytes = 0;
+        while let Some(e) = rx.recv().await {
+            if let Event::Stdout(b) = e {
+                bytes += b.len();
+            }
+        }
+        let r = h.wait().await.unwrap();
+        assert_eq!((bytes, r.stdout_bytes), (32 << 20, 32 << 20));
+        assert_eq!(r.stdout.len(), 1024);
+    });
+}
+
+/// The blocking wrapper, from a plain thread.
+#[test]
+fn the_blocking_runtime_runs_without_async_code() {
+    let root = tempfile::tempdir().unwrap();
+    let rt = nsrun::runner::blocking::Runtime::new(builder(root.path())).unwrap();
+    let r = rt.run(sh("echo blocking")).unwrap();
+    assert_eq!(r.stdout, b"blocking\n");
 }
