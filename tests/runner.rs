@@ -92,6 +92,14 @@ fn results_carry_exit_codes_output_and_timings() {
         let r = runtime.run(sh("cat").stdin(bin.clone())).await.unwrap();
         assert_eq!(r.stdout, bin);
 
+        // A stdin reader that never ends does not hold up a tool that does not read it.
+        let (_keep, pending) = tokio::io::duplex(64);
+        let done = runtime
+            .run(sh("echo done").stdin(nsrun::runner::Data::Reader(Box::new(pending))))
+            .await
+            .unwrap();
+        assert_eq!(done.stdout, b"done\n");
+
         // The JSON form round-trips, binary output included (as base64).
         let json = serde_json::to_string(&r).unwrap();
         let back: nsrun::runner::RunResult = serde_json::from_str(&json).unwrap();

@@ -1000,7 +1000,6 @@ async fn run_inner(
         )
     };
     let control = async {
-        let mut started: Option<Duration> = None;
         let mut last: Option<Message> = None;
         let mut err: Option<String> = None;
         let mut cancel_sent = false;
@@ -1008,7 +1007,6 @@ async fn run_inner(
             tokio::select! {
                 m = hr.message() => match m {
                     Ok(Some(Message::Started { run_id, setup_time })) => {
-                        started = Some(setup_time);
                         emit(tx, Event::Started { run_id, setup_time }).await;
                         let _ = gate_tx.send(true);
                     }
@@ -1024,9 +1022,19 @@ async fn run_inner(
         }
         let _ = gate_tx.send(true);
         let status = hr.wait().await;
-        (started, last, err, status)
+        (last, err, status)
     };
-    let ((), (out, errs), (started, last, err, status)) = tokio::join!(feed_task, pumps, control);
+    // Stdin is fed until the run ends, not longer: a reader that never ends (or stalls) must
+    // not keep a finished run waiting.
+    let mut feed_task = std::pin::pin!(feed_task);
+    let mut main = std::pin::pin!(async { tokio::join!(pumps, control) });
+    let mut fed = false;
+    let ((out, errs), (last, err, status)) = loop {
+        tokio::select! {
+            r = &mut main => break r,
+            _ = &mut feed_task, if !fed => fed = true,
+        }
+    };
     let t_end = Instant::now();
 
     let outcome = match last {
@@ -1081,7 +1089,6 @@ async fn run_inner(
         },
         admitted,
     );
-    let _ = started;
     emit(
         tx,
         Event::Exited {
