@@ -781,3 +781,38 @@ fn the_blocking_runtime_runs_without_async_code() {
     let r = rt.run(sh("echo blocking")).unwrap();
     assert_eq!(r.stdout, b"blocking\n");
 }
+
+/// Registry credentials reach the pull, and a refusal is `Error::Auth`; a missing image is
+/// `Error::ImageNotFound` (needs the test registries of scripts/registry.sh).
+#[test]
+fn registry_refusals_are_typed() {
+    let (Ok(auth), Ok(plain)) = (
+        std::env::var("NSRUN_TEST_REGISTRY_AUTH"),
+        std::env::var("NSRUN_TEST_REGISTRY"),
+    ) else {
+        assert!(!in_ci(), "CI must start the test registries");
+        eprintln!("skipped: NSRUN_TEST_REGISTRY(_AUTH) not set");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let rt = tokio();
+    rt.block_on(async {
+        let bad = builder(root.path())
+            .creds("nsrun:wrong-password")
+            .build()
+            .unwrap();
+        let e = bad
+            .run(RunSpec::image(format!("{auth}/nsrun-runner/none:v1")))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Auth { .. }), "{e:?}");
+        assert_eq!(e.exit_code(), 125);
+        let anon = builder(root.path()).build().unwrap();
+        let e = anon
+            .run(RunSpec::image(format!("{plain}/nsrun-runner/none:v1")))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::ImageNotFound { .. }), "{e:?}");
+    });
+    assert_eq!(scratch_left(root.path()), Vec::<String>::new());
+}
