@@ -642,7 +642,7 @@ fn prepare_base(inner: &Inner, spec: &RunSpec, run_id: &str) -> Result<Prepared,
     if let Source::Rootfs(dir) = &spec.source {
         s.rootfs = vec![dir.clone()];
         if s.args.is_empty() {
-            return Err(Error::bad_spec("no command given for the rootfs run"));
+            return Err(Error::bad_spec("no command given: pass one after `--`"));
         }
     }
     Ok(Prepared {
