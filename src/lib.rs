@@ -10,8 +10,17 @@
 //!   capped capture and an audit log;
 //! - the `nsrun` command line, a thin layer over the runner.
 //!
-//! A tokio program runs sandboxes through [`helper`], which delegates the fork-sensitive work to a
-//! single-threaded helper process (see `DESIGN` in the README for why).
+//! A tokio program runs sandboxes through [`Runtime`] (or, lower down, [`helper`]), which
+//! delegates the fork-sensitive work to a single-threaded helper process (see `DESIGN` in the
+//! README for why).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), nsrun::Error> {
+//! let rt = nsrun::Runtime::builder().max_concurrent(16).build()?;
+//! let r = rt.run(nsrun::RunSpec::image("alpine").args(["echo", "hi"])).await?;
+//! assert_eq!(r.stdout, b"hi\n");
+//! # Ok(()) }
+//! ```
 
 pub mod helper;
 pub mod reference;
@@ -20,6 +29,8 @@ pub mod runner;
 pub mod sandbox;
 pub mod store;
 pub mod unpack;
+
+pub use runner::{Error, Event, ImageRef, RunHandle, RunResult, RunSpec, Runtime};
 
 /// The README's examples, compiled as doc tests.
 #[doc = include_str!("../README.md")]
