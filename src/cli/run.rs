@@ -126,7 +126,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
     /// Print the run's result as JSON on stdout, the tool's output inside it (captured up to
-    /// 16 MiB per stream).
+    /// 16 MiB per stream). The run goes through the helper: a signal to nsrun ends the run
+    /// rather than being forwarded to the tool.
     #[arg(long)]
     pub json: bool,
     /// Write the run's result as JSON to FILE; stdout and stderr stream as usual.
