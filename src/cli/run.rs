@@ -430,6 +430,9 @@ fn report(r: &RunResult, timeout: Option<Duration>, memory: Option<&str>, stats:
             memory.unwrap_or("limit")
         );
     }
+    for e in r.outputs.iter().filter_map(|o| o.error.as_ref()) {
+        eprintln!("nsrun: warning: {e}");
+    }
     for o in r.outputs.iter().filter(|o| o.missing) {
         eprintln!(
             "nsrun: warning: output {:?} was not created by the tool",

@@ -10,7 +10,7 @@
 //!
 //! Outputs are read back through `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from the
 //! work directory: a tool that leaves a symlink to a host file (or a FIFO) in place of an
-//! output gets an error, never the host file.
+//! output gets that output refused ([`OutputFile::error`]), never the host file.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -291,24 +291,27 @@ impl Scratch {
                     continue;
                 }
                 Err(e @ (nix::errno::Errno::ELOOP | nix::errno::Errno::EXDEV)) => {
-                    return Err(Error::Files {
-                        path: name.clone(),
-                        message: format!(
-                            "output {name:?}: refused, its path goes through a symlink or mount ({e})"
-                        ),
-                    })
+                    out.push(OutputFile::refused(
+                        name,
+                        format!("refused: its path goes through a symlink or a mount ({e})"),
+                    ));
+                    continue;
                 }
-                Err(e) => return Err(Error::files(&shown, "open output", e)),
+                Err(e) => {
+                    out.push(OutputFile::refused(name, format!("cannot open it: {e}")));
+                    continue;
+                }
             };
             let mut f = std::fs::File::from(fd);
             let meta = f
                 .metadata()
                 .map_err(|e| Error::files(&shown, "stat output", e))?;
             if !meta.is_file() {
-                return Err(Error::Files {
-                    path: name.clone(),
-                    message: format!("output {name:?} is not a regular file"),
-                });
+                out.push(OutputFile::refused(
+                    name,
+                    "refused: not a regular file".into(),
+                ));
+                continue;
             }
             let size = meta.len();
             let allowed = limits.per_file.min(left);
@@ -319,6 +322,7 @@ impl Scratch {
                 size,
                 truncated,
                 missing: false,
+                error: None,
                 data: Vec::new(),
                 saved_to: None,
             };
@@ -391,6 +395,10 @@ pub struct OutputFile {
     pub truncated: bool,
     /// The tool did not create it.
     pub missing: bool,
+    /// Why it was not read, when the tool left something that is not a plain file reachable
+    /// without symlinks (a symlink, a FIFO, a directory…): never followed, never opened.
+    #[serde(default)]
+    pub error: Option<String>,
     /// The contents, unless an output directory was given.
     #[serde(with = "super::result::bytes_serde")]
     pub data: Vec<u8>,
@@ -405,8 +413,17 @@ impl OutputFile {
             size: 0,
             truncated: false,
             missing: true,
+            error: None,
             data: Vec::new(),
             saved_to: None,
+        }
+    }
+
+    fn refused(name: &str, why: String) -> OutputFile {
+        OutputFile {
+            error: Some(format!("output {name:?}: {why}")),
+            missing: false,
+            ..OutputFile::missing(name)
         }
     }
 }
@@ -490,10 +507,19 @@ mod tests {
             (got[1].data.as_slice(), got[1].truncated),
             (&b"he"[..], true)
         );
-        let e = s.collect_outputs(&["link".into()], lim, None).unwrap_err();
-        assert!(e.to_string().contains("symlink"), "{e}");
-        let e = s.collect_outputs(&["fifo".into()], lim, None).unwrap_err();
-        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let got = s
+            .collect_outputs(&["link".into(), "fifo".into(), "small".into()], lim, None)
+            .unwrap();
+        let err = |i: usize| got[i].error.clone().unwrap_or_default();
+        assert!(
+            err(0).contains("symlink") && got[0].data.is_empty(),
+            "{got:?}"
+        );
+        assert!(err(1).contains("not a regular file"), "{got:?}");
+        assert_eq!(
+            (got[2].data.as_slice(), got[2].error.as_ref()),
+            (&b"hello"[..], None)
+        );
         let dir = s.path().to_path_buf();
         drop(s);
         assert!(!dir.exists());
