@@ -64,7 +64,7 @@ fn plan(c: &mut Criterion) {
     let mut spec = SandboxSpec::new(&root, ["/bin/true"]);
     spec.state_dir = Some(tmp.path().join("state"));
     spec.env = vec!["A=1".into(), "B=2".into()];
-    Plan::build(&spec, "bench").unwrap();
+    Plan::build(&spec, "0123456789abcdef").unwrap();
     c.bench_function("plan/build (cached seccomp)", |b| {
         b.iter(|| Plan::build(black_box(&spec), "0123456789abcdef").unwrap())
     });
@@ -74,8 +74,15 @@ fn plan(c: &mut Criterion) {
 fn layer(files: usize, size: usize, dirs: usize) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
     let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
-    for d in 0..dirs {
+    let header = || {
         let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    };
+    for d in 0..dirs {
+        let mut h = header();
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o755);
         h.set_size(0);
@@ -83,7 +90,7 @@ fn layer(files: usize, size: usize, dirs: usize) -> Vec<u8> {
             .unwrap();
     }
     for f in 0..files {
-        let mut h = tar::Header::new_gnu();
+        let mut h = header();
         h.set_mode(0o644);
         h.set_size(size as u64);
         tar.append_data(&mut h, format!("d{}/f{f}", f % dirs), &data[..])
