@@ -30,18 +30,7 @@ cleanup() {
 trap cleanup EXIT
 
 # --- the image -----------------------------------------------------------------------------------
-if [[ ! -f $cache/debian-rootfs.tar ]]; then
-  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  mirror=${mirror:-http://deb.debian.org/debian}
-  echo "building the Debian rootfs with debootstrap from $mirror (once)"
-  rm -rf "$cache/rootfs-build"
-  debootstrap --variant=minbase bookworm "$cache/rootfs-build" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
-    die "debootstrap failed, see $cache/debootstrap.log"
-  # As Debian's own container images do: no package caches or index lists.
-  rm -rf "$cache/rootfs-build"/var/cache/apt/archives/*.deb "$cache/rootfs-build"/var/lib/apt/lists/*
-  tar -C "$cache/rootfs-build" -cf "$cache/debian-rootfs.tar" .
-  rm -rf "$cache/rootfs-build"
-fi
+scripts/mkrootfs-debian.sh "$cache/debian-rootfs.tar"
 mkdir "$work/rootfs"
 tar -C "$work/rootfs" -xf "$cache/debian-rootfs.tar"
 echo "rootfs: $(du -sh "$work/rootfs" | cut -f1), $(find "$work/rootfs" | wc -l) files"

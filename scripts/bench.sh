@@ -454,16 +454,7 @@ if want pull; then
   log "pull: the Debian image (debootstrap, once)"
   cache=$repo/target/bench-pull
   mkdir -p "$cache"
-  if [[ ! -f $cache/debian-rootfs.tar ]]; then
-    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    mirror=${mirror:-http://deb.debian.org/debian}
-    rm -rf "$cache/rootfs-build"
-    debootstrap --variant=minbase bookworm "$cache/rootfs-build" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
-      die "debootstrap failed, see $cache/debootstrap.log"
-    rm -rf "$cache/rootfs-build"/var/cache/apt/archives/*.deb "$cache/rootfs-build"/var/lib/apt/lists/*
-    tar -C "$cache/rootfs-build" -cf "$cache/debian-rootfs.tar" .
-    rm -rf "$cache/rootfs-build"
-  fi
+  scripts/mkrootfs-debian.sh "$cache/debian-rootfs.tar"
   mkdir "$work/debian"
   tar -C "$work/debian" -xf "$cache/debian-rootfs.tar"
   deb=127.0.0.1:$NSRUN_REGISTRY_PORT/bench/debian:bookworm
