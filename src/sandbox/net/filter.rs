@@ -65,6 +65,9 @@ pub struct NameSet {
     pub set6: String,
 }
 
+/// How refused packets end: an ICMP "administratively prohibited" (a TCP connect fails at once).
+const REJECT: &str = "reject with icmpx type admin-prohibited";
+
 /// The table nsrun loads.
 pub const TABLE: &str = "nsrun";
 
@@ -133,7 +136,7 @@ pub fn ruleset(rules: &[EgressRule], ctx: &Context) -> (String, Vec<NameSet>) {
     }
     for gw in &ctx.gateways {
         if ctx.host_internal {
-            line(format!("{} daddr {gw} drop", family(*gw)));
+            line(format!("{} daddr {gw} {REJECT}", family(*gw)));
         }
     }
     // 3. explicit rules into special ranges
@@ -155,10 +158,10 @@ pub fn ruleset(rules: &[EgressRule], ctx: &Context) -> (String, Vec<NameSet>) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    line(format!("ip daddr {{ {} }} drop", list(SPECIAL_V4)));
-    line(format!("ip6 daddr {{ {} }} drop", list(SPECIAL_V6)));
+    line(format!("ip daddr {{ {} }} {REJECT}", list(SPECIAL_V4)));
+    line(format!("ip6 daddr {{ {} }} {REJECT}", list(SPECIAL_V6)));
     for a in &ctx.host_addrs {
-        line(format!("{} daddr {a} drop", family(*a)));
+        line(format!("{} daddr {a} {REJECT}", family(*a)));
     }
     // 5. the rest
     if rules.is_empty() {
@@ -189,6 +192,10 @@ pub fn ruleset(rules: &[EgressRule], ctx: &Context) -> (String, Vec<NameSet>) {
             }
             _ => {}
         }
+    }
+    if !rules.is_empty() {
+        // Refused rather than dropped, so that a tool fails at once instead of timing out.
+        line(REJECT.into());
     }
     let text = format!(
         "table inet {TABLE} {{\n{decl}  chain output {{\n    type filter hook output priority 0; policy drop;\n{chain}  }}\n}}\n"
@@ -273,17 +280,18 @@ mod tests {
         let pos = |s: &str| text.find(s).unwrap_or_else(|| panic!("{s} in {text}"));
         assert!(
             pos("ip daddr 192.0.2.1 meta l4proto { tcp, udp } th dport 8080 accept")
-                < pos("ip daddr 192.0.2.1 drop")
+                < pos("ip daddr 192.0.2.1 reject")
         );
         assert!(
             pos("ip daddr 10.77.0.2/32 meta l4proto tcp th dport 80 accept") < pos("10.0.0.0/8, ")
         );
         assert!(
-            pos("ip daddr 198.51.100.7 drop")
+            pos("ip daddr 198.51.100.7 reject")
                 < pos("ip daddr @name2_4 meta l4proto { tcp, udp } th dport 443 accept")
         );
         assert!(pos("10.0.0.0/8, ") < pos("ip daddr 0.0.0.0/0 accept"));
         assert!(!text.contains("    accept\n"));
+        assert!(text.ends_with("    reject with icmpx type admin-prohibited\n  }\n}\n"));
         assert_eq!(sets.len(), 1);
         assert_eq!(sets[0].pattern, "example.test");
         assert!(text.contains("set name2_4 { type ipv4_addr; flags timeout; }"));

@@ -205,7 +205,12 @@ impl FromStr for EgressRule {
             Dest::Net { addr, prefix }
         } else {
             let h = dest.trim_end_matches('.').to_ascii_lowercase();
-            if !valid_hostname(&h) || h.parse::<f64>().is_ok() || h.contains('/') {
+            // A last label of digits is a mistyped address, not a name ("1.2.3").
+            let numeric = h
+                .rsplit('.')
+                .next()
+                .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+            if !valid_hostname(&h) || numeric {
                 return Err(bad(
                     "expected an IP address, a CIDR block or a hostname, with optional :PORT[-PORT] and /tcp or /udp",
                 ));
