@@ -16,7 +16,7 @@ die() { echo "test.sh: $*" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || die "run as root (it installs packages and runs the suite as root and as a user)"
 
 # --- packages ------------------------------------------------------------------------------------
-pkgs=(busybox-static libseccomp-dev pkg-config uidmap docker-registry openssl apache2-utils gcc libc6-dev util-linux procps libcap2-bin)
+pkgs=(busybox-static libseccomp-dev pkg-config uidmap docker-registry openssl apache2-utils gcc libc6-dev util-linux procps libcap2-bin hyperfine bubblewrap gnuplot-nox)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -83,9 +83,19 @@ log "tests as root"
 export NSRUN_BIN=$repo/target/debug/nsrun
 cargo test --quiet --no-fail-fast 2>&1
 
+# The benchmark suite's quick mode (its option parsing is tests/bench_script.rs): it must keep
+# working, though its figures mean nothing on a debug build.
+log "scripts/bench.sh --quick (debug build)"
+NSRUN_BIN=$repo/target/debug/nsrun PUSH_ROOTFS=$repo/target/debug/examples/push_rootfs \
+  NSRUN_REGISTRY_PORT=5610 scripts/bench.sh --quick --out "$state/bench" >"$state/bench.log" 2>&1 ||
+  { cat "$state/bench.log"; die "scripts/bench.sh --quick failed"; }
+grep -q '^| nsrun | ' "$state/bench/latest.md" || die "bench.sh --quick wrote no nsrun row"
+ls "$state"/bench/latest-startup-true.png >/dev/null || die "bench.sh --quick drew no chart"
+
 # --- as the unprivileged user --------------------------------------------------------------------
 # The checkout may sit in a directory the user cannot read: copy the binaries out.
-mkdir -p "$state/bin"
+mkdir -p "$state/bin" "$state/scripts"
+cp scripts/bench.sh "$state/scripts/"
 cp target/debug/nsrun "$state/bin/"
 for exe in $exes; do cp "$exe" "$state/bin/"; done
 chmod -R a+rX "$state"
@@ -97,6 +107,7 @@ for exe in $exes; do
   (cd "$state" && setpriv --reuid="$user" --regid="$user" --init-groups \
     env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$(getent passwd "$user" | cut -d: -f6)" \
     CI="${CI:-}" RUST_BACKTRACE=1 NSRUN_BIN="$state/bin/nsrun" NSRUN_TEST_ROOTFS="$NSRUN_TEST_ROOTFS" \
+    NSRUN_TEST_BENCH_SCRIPT="$state/scripts/bench.sh" \
     ${NSRUN_TEST_PROBE:+NSRUN_TEST_PROBE=$NSRUN_TEST_PROBE} \
     $(env | grep -E '^NSRUN_TEST_REGISTRY' | tr '\n' ' ') \
     "$state/bin/$name" --test-threads=2) || fail=1

@@ -429,6 +429,55 @@ static int mode_forkbomb(long max)
 	return 0;
 }
 
+/* Spread processes over several uids: per uid, a leader switches to it and forks `per` children
+ * that wait. RLIMIT_NPROC counts per uid, so a tool that may change uid gets the limit once per
+ * uid; a pids cgroup counts them all. Prints the total started and why switching failed. */
+static int mode_uidbomb(long uids, long per)
+{
+	int fds[2];
+	if (pipe(fds) < 0)
+		return 1;
+	int setuid_err = 0;
+	long total = 0;
+	for (long u = 0; u < uids; u++) {
+		pid_t leader = fork();
+		if (leader < 0)
+			break;
+		if (leader == 0) {
+			uid_t id = (uid_t)(u * 1000);
+			long n = 0;
+			int err = 0;
+			if (setresgid(id, id, id) < 0 || setresuid(id, id, id) < 0)
+				err = errno;
+			if (!err) {
+				for (; n < per; n++) {
+					pid_t k = fork();
+					if (k == 0) {
+						sleep(5);
+						_exit(0);
+					}
+					if (k < 0)
+						break;
+				}
+			}
+			long msg[2] = { n, err };
+			write(fds[1], msg, sizeof msg);
+			sleep(5); /* keep the children counted while the parent sums up */
+			_exit(0);
+		}
+		long msg[2];
+		if (read(fds[0], msg, sizeof msg) == sizeof msg) {
+			total += msg[0] + 1;
+			if (msg[1])
+				setuid_err = (int)msg[1];
+		}
+	}
+	printf("uidbomb %ld %s\n", total, ename(setuid_err));
+	fflush(stdout);
+	kill(-1, SIGKILL);
+	return 0;
+}
+
 static int mode_memhog(long mib)
 {
 	for (long i = 1; i <= mib; i++) {
@@ -488,6 +537,9 @@ int main(int argc, char **argv)
 		return mode_ids();
 	if (!strcmp(mode, "forkbomb"))
 		return mode_forkbomb(argc > 2 ? strtol(argv[2], NULL, 10) : 100000);
+	if (!strcmp(mode, "uidbomb"))
+		return mode_uidbomb(argc > 2 ? strtol(argv[2], NULL, 10) : 4,
+				    argc > 3 ? strtol(argv[3], NULL, 10) : 12);
 	if (!strcmp(mode, "memhog"))
 		return mode_memhog(argc > 2 ? strtol(argv[2], NULL, 10) : 1024);
 	if (!strcmp(mode, "fill") && argc > 2)
@@ -496,6 +548,6 @@ int main(int argc, char **argv)
 		printf("mkdir %s\n", ename(mkdir(argv[2], 0700) < 0 ? errno : 0));
 		return 0;
 	}
-	fprintf(stderr, "usage: probe syscalls|escape [HOSTPID]|ids|forkbomb MAX|memhog MIB|fill PATH|mkdir PATH\n");
+	fprintf(stderr, "usage: probe syscalls|escape [HOSTPID]|ids|forkbomb MAX|uidbomb UIDS PER|memhog MIB|fill PATH|mkdir PATH\n");
 	return 2;
 }
