@@ -12,7 +12,7 @@ mod common;
 use common::*;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::Duration;
@@ -21,7 +21,9 @@ use nsrun::sandbox::net::dns;
 
 /// `GET /` to ADDR PORT with busybox nc; prints the last line of the answer or nc's error.
 fn fetch(addr: &str, port: u16) -> String {
-    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc {addr} {port} 2>&1 | tail -1; echo\n")
+    format!(
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc {addr} {port} 2>&1 | tail -1; echo\n"
+    )
 }
 
 /// Serves `hello-<tag>` on every connection to a listener; returns its port.
@@ -83,7 +85,7 @@ fn helper_children(parent: u32) -> Vec<i32> {
 
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+        .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
 }
 
 #[test]
@@ -359,7 +361,7 @@ fn serve_dns(sock: UdpSocket) {
             Some(a) => dns::reply_address(q, &question, a, 60),
             None => dns::reply_error(q, &question, 3),
         };
-        let _ = sock.send_to(&reply, SocketAddr::from(from));
+        let _ = sock.send_to(&reply, from);
     }
 }
 

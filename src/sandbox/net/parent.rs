@@ -1,4 +1,4 @@
-//! Parent half of a private run's network: planned before clone ([`NetPlan::build`]), attached
+//! Parent half of a private run's network: planned before clone ([`plan`]), attached
 //! after clone and before the tool starts ([`attach`]), torn down when the run ends
 //! ([`Attached`]'s drop).
 
@@ -344,18 +344,20 @@ fn forwarder_socket(userns: &File, netns: &File) -> Result<UdpSocket, NetError> 
 fn receive_fd(sock: RawFd, data: &mut [i32; 2]) -> Option<OwnedFd> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut buf = [0u8; 8];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!(RawFd);
-    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
-    let mut fd = None;
-    for c in msg.cmsgs().ok()? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            // SAFETY: the kernel just installed these descriptors for us.
-            fd = fds.first().map(|&f| unsafe { OwnedFd::from_raw_fd(f) });
+    let (n, fd) = {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg =
+            recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
+        let mut fd = None;
+        for c in msg.cmsgs().ok()? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                // SAFETY: the kernel just installed these descriptors for us.
+                fd = fds.first().map(|&f| unsafe { OwnedFd::from_raw_fd(f) });
+            }
         }
-    }
-    let n = msg.bytes;
-    drop(iov);
+        (msg.bytes, fd)
+    };
     if n == 8 {
         data[0] = i32::from_ne_bytes(buf[..4].try_into().expect("4"));
         data[1] = i32::from_ne_bytes(buf[4..].try_into().expect("4"));
