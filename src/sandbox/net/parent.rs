@@ -270,9 +270,9 @@ pub fn attach(np: &NetPlan, userns: File, netns: File) -> Result<Attached, NetEr
         userns: userns.try_clone().map_err(|e| NetError::Io("dup", e))?,
         netns: netns.try_clone().map_err(|e| NetError::Io("dup", e))?,
     };
-    nft.run(&np.ruleset).map_err(NetError::Filter)?;
-    let sock = forwarder_socket(&userns, &netns)?;
-    let helper = usermode::start(
+    // The helper starts first and configures the interface while the filter loads: nothing
+    // in the namespace sends before the tool starts, and it starts after both are done.
+    let starting = usermode::start(
         np.backend,
         &np.program,
         &Attach {
@@ -282,6 +282,9 @@ pub fn attach(np: &NetPlan, userns: File, netns: File) -> Result<Attached, NetEr
             map_host_loopback: np.map_host_loopback,
         },
     )?;
+    nft.run(&np.ruleset).map_err(NetError::Filter)?;
+    let sock = forwarder_socket(&userns, &netns)?;
+    let helper = starting.wait_ready()?;
     let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| NetError::Io("pipe", e.into()))?;
     let policy = np.policy.clone();

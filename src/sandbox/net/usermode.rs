@@ -229,11 +229,20 @@ fn prepare_child(cmd: &mut Command, fds: Vec<RawFd>) {
     }
 }
 
-/// Starts `backend` and waits until it has configured the run's interface.
-pub fn start(backend: Backend, program: &Path, a: &Attach) -> Result<Helper, NetError> {
+/// A helper started but maybe not ready yet; see [`Starting::wait_ready`].
+#[derive(Debug)]
+pub struct Starting {
+    helper: Helper,
+    ready: File,
+    log: File,
+}
+
+/// Starts `backend`; the caller does other set-up while it configures the run's interface, then
+/// waits for it with [`Starting::wait_ready`].
+pub fn start(backend: Backend, program: &Path, a: &Attach) -> Result<Starting, NetError> {
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| NetError::Io("pipe", e.into()))?;
-    let mut log = memfd(c"nsrun-net-helper")?;
+    let log = memfd(c"nsrun-net-helper")?;
     let (u, n, w) = (
         a.userns.as_raw_fd(),
         a.netns.as_raw_fd(),
@@ -308,72 +317,87 @@ pub fn start(backend: Backend, program: &Path, a: &Attach) -> Result<Helper, Net
         drop(r);
         w
     });
-    let mut helper = Helper {
-        child,
-        backend,
-        _exit_fd: exit_fd,
-    };
-
-    // Ready when the helper writes its pid (pasta's -P) or "1" (slirp4netns' --ready-fd).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut got = Vec::new();
-    let mut ready = false;
-    let mut file = File::from(ready_r);
-    while Instant::now() < deadline {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis() as i32;
-        let mut pfd = [PollFd::new(
-            std::os::fd::AsFd::as_fd(&file),
-            PollFlags::POLLIN,
-        )];
-        match poll(
-            &mut pfd,
-            PollTimeout::try_from(left.max(1)).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(NetError::Io("poll", e.into())),
-        }
-        let mut buf = [0u8; 64];
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(k) => {
-                got.extend_from_slice(&buf[..k]);
-                if !got.is_empty() {
-                    ready = true;
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(NetError::Io("read", e)),
-        }
-    }
-    if ready {
-        return Ok(helper);
-    }
-    let _ = helper.child.kill();
-    let status = helper.child.wait().ok();
-    let mut text = String::new();
-    let _ = log.rewind();
-    let _ = log.read_to_string(&mut text);
-    let message = text
-        .lines()
-        .filter(|l| !l.contains("syslog") && !l.trim().is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
-    Err(NetError::HelperFailed {
-        program: backend.program(),
-        message: if message.is_empty() {
-            match status {
-                Some(s) if s.code().is_some() => format!("exited with status {s}"),
-                _ => "did not get ready within 10 s".into(),
-            }
-        } else {
-            message
+    Ok(Starting {
+        helper: Helper {
+            child,
+            backend,
+            _exit_fd: exit_fd,
         },
+        ready: File::from(ready_r),
+        log,
     })
+}
+
+impl Starting {
+    /// Waits (at most 10 s) until the helper has configured the run's interface.
+    pub fn wait_ready(self) -> Result<Helper, NetError> {
+        let Starting {
+            mut helper,
+            ready: mut file,
+            mut log,
+        } = self;
+        let backend = helper.backend;
+
+        // Ready when the helper writes its pid (pasta's -P) or "1" (slirp4netns' --ready-fd).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        let mut ready = false;
+        while Instant::now() < deadline {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as i32;
+            let mut pfd = [PollFd::new(
+                std::os::fd::AsFd::as_fd(&file),
+                PollFlags::POLLIN,
+            )];
+            match poll(
+                &mut pfd,
+                PollTimeout::try_from(left.max(1)).unwrap_or(PollTimeout::MAX),
+            ) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(NetError::Io("poll", e.into())),
+            }
+            let mut buf = [0u8; 64];
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => {
+                    got.extend_from_slice(&buf[..k]);
+                    if !got.is_empty() {
+                        ready = true;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(NetError::Io("read", e)),
+            }
+        }
+        if ready {
+            return Ok(helper);
+        }
+        let _ = helper.child.kill();
+        let status = helper.child.wait().ok();
+        let mut text = String::new();
+        let _ = log.rewind();
+        let _ = log.read_to_string(&mut text);
+        let message = text
+            .lines()
+            .filter(|l| !l.contains("syslog") && !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(NetError::HelperFailed {
+            program: backend.program(),
+            message: if message.is_empty() {
+                match status {
+                    Some(s) if s.code().is_some() => format!("exited with status {s}"),
+                    _ => "did not get ready within 10 s".into(),
+                }
+            } else {
+                message
+            },
+        })
+    }
 }
 
 #[cfg(test)]
