@@ -254,8 +254,14 @@ fn helper_dies_with_the_run() {
         f.extend(flags);
         let mut child = spawn_ready(&f, script, &tok);
         let helpers = helper_children(child.id());
+        assert_eq!(helpers.len(), 1, "{script}");
         child.wait().unwrap();
-        assert!(helpers.iter().all(|p| !alive(*p)), "{script}: {helpers:?}");
+        assert!(
+            wait_until(Duration::from_secs(10), || helpers
+                .iter()
+                .all(|p| !alive(*p))),
+            "{script}: {helpers:?}"
+        );
     }
 }
 

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::parent::NetError;
 use super::{PortMap, Proto};
+use crate::sandbox::sys;
 
 /// Which user-mode helper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,22 +180,31 @@ pub struct Attach<'a> {
 /// A running helper; killed and reaped on drop.
 #[derive(Debug)]
 pub struct Helper {
-    child: Child,
+    child: Option<Child>,
     pub backend: Backend,
     /// slirp4netns quits when this closes.
     _exit_fd: Option<OwnedFd>,
 }
 
 impl Helper {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 }
 
 impl Drop for Helper {
+    /// SIGKILL now; the reaping (tens of milliseconds: the kernel tears down the tap device
+    /// first) happens on a thread of its own, so the run's end does not wait for it. When the
+    /// process exits first, the helper is reaped by whoever inherits it, and is dead already.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = child.kill();
+        let pid = child.id() as libc::pid_t;
+        let _ = std::thread::Builder::new()
+            .name("nsrun-net-reap".into())
+            .spawn(move || sys::waitpid(pid, 0));
     }
 }
 
@@ -319,7 +329,7 @@ pub fn start(backend: Backend, program: &Path, a: &Attach) -> Result<Starting, N
     });
     Ok(Starting {
         helper: Helper {
-            child,
+            child: Some(child),
             backend,
             _exit_fd: exit_fd,
         },
@@ -376,8 +386,10 @@ impl Starting {
         if ready {
             return Ok(helper);
         }
-        let _ = helper.child.kill();
-        let status = helper.child.wait().ok();
+        let status = helper.child.take().and_then(|mut c| {
+            let _ = c.kill();
+            c.wait().ok()
+        });
         let mut text = String::new();
         let _ = log.rewind();
         let _ = log.read_to_string(&mut text);
