@@ -244,9 +244,9 @@ fn helper_dies_with_the_run() {
             "{mode}: helper or tool survived SIGKILL of nsrun"
         );
     }
-    // Normal end and timeout: the helper is reaped before nsrun exits.
+    // Normal end and timeout: the helper is killed when the run ends.
     for (script, flags) in [
-        ("echo ready", vec![]),
+        ("echo ready; sleep 1", vec![]),
         ("echo ready; sleep 30", vec!["--timeout", "1"]),
     ] {
         let tok = token("helper-end");
