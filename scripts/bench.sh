@@ -228,7 +228,10 @@ $asuser "$nsrun" pull -q --root "$work/cache-user" "$img" >/dev/null
 make_bundle() {
   local dir=$1 rootless=$2 confined=$3
   mkdir -p "$dir"
-  (cd "$dir" && if $rootless; then crun spec --rootless; else crun spec; fi)
+  # runc's rootless spec carries the uid/gid mappings runc wants; crun's spec suits both otherwise.
+  local tool=crun
+  [[ $rootless == true && $dir == *runc* ]] && tool=runc
+  (cd "$dir" && if $rootless; then $tool spec --rootless; else $tool spec; fi)
   BENCH_ROOTFS=$work/busybox python3 - "$dir/config.json" "$rootless" "$confined" "$cgparent" "$repo/profiles/default.json" <<'PY'
 import json, os, sys
 path, rootless, confined, cgparent, profile = sys.argv[1:6]
@@ -252,7 +255,11 @@ if confined == "true":
             continue
         if exc.get("caps") and set(exc["caps"]) & caps:
             continue
-        if inc.get("arches") or exc.get("arches"):
+        # Docker's arch names, as the profile's includes/excludes use them.
+        short = {"SCMP_ARCH_X86_64": ["amd64", "x86", "x32"], "SCMP_ARCH_AARCH64": ["arm64", "arm"]}.get(arch["architecture"], [])
+        if inc.get("arches") and not set(inc["arches"]) & set(short):
+            continue
+        if exc.get("arches") and set(exc["arches"]) & set(short):
             continue
         rule = {"names": r["names"], "action": r["action"]}
         for k in ("args", "errnoRet"):
@@ -412,7 +419,25 @@ fi
 if want concurrent; then
   log "concurrent: 50 runs at once"
   n=50
-  crun_c() { echo "seq $n | xargs -P $n -I{} $1 --root $work/state-$1 run --bundle $work/b-$1-$(echo true | md5sum | cut -c1-6) c{}"; }
+  # One bundle per container: each needs a cgroup path of its own (below ours).
+  conc_bundles() {
+    local b=$1 i
+    for i in $(seq "$n"); do
+      mkdir -p "$work/conc-$b/$i"
+      python3 - "$work/b-$b-$(echo true | md5sum | cut -c1-6)/config.json" "$work/conc-$b/$i/config.json" "$i" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+if "cgroupsPath" in c["linux"]:
+    c["linux"]["cgroupsPath"] += "-" + sys.argv[3]
+json.dump(c, open(sys.argv[2], "w"))
+PY
+    done
+  }
+  crun_c() { echo "seq $n | xargs -P $n -I{} $1 --root $work/state-$1 run --bundle $work/conc-$1/{} c{}"; }
+  if ! $quick; then
+    have crun && conc_bundles crun
+    have runc && conc_bundles runc
+  fi
   rows=("nsrun" "seq $n | xargs -P $n -I{} $nsrun run --root $work/cache-root --pull never $img true")
   $root && rows+=("nsrun rootless subid" "seq $n | xargs -P $n -I{} $asuser $nsrun run --root $work/cache-user --pull never $img true")
   $with_docker && rows+=("docker run" "seq $n | xargs -P $n -I{} $docker_bin -H unix://$work/docker.sock run --rm --network none $img true")

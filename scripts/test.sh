@@ -17,13 +17,21 @@ die() { echo "test.sh: $*" >&2; exit 1; }
 
 # --- packages ------------------------------------------------------------------------------------
 pkgs=(busybox-static libseccomp-dev pkg-config uidmap docker-registry openssl apache2-utils gcc libc6-dev util-linux procps libcap2-bin hyperfine bubblewrap gnuplot-nox
-  passt slirp4netns nftables iproute2)
+  docker.io podman passt slirp4netns nftables iproute2)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   apt-get update -qq
+  # Installing docker.io must not start a system dockerd: the container test starts its own.
+  no_policy=false
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    no_policy=true
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if $no_policy; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 command -v cargo >/dev/null || die "cargo not found (install Rust with rustup)"
 
@@ -86,6 +94,10 @@ for line in sys.stdin:
 log "tests as root"
 export NSRUN_BIN=$repo/target/debug/nsrun
 cargo test --quiet --no-fail-fast 2>&1
+
+# --- inside Docker and podman containers (the worker runs as uid 1000 in there) -------------------
+log "nsrun inside Docker and podman containers"
+scripts/container-test.sh target/debug/nsrun "$NSRUN_TEST_ROOTFS"
 
 # The benchmark suite's quick mode (its option parsing is tests/bench_script.rs): it must keep
 # working, though its figures mean nothing on a debug build.

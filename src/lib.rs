@@ -10,6 +10,7 @@
 //! A tokio program runs sandboxes through [`helper`], which delegates the fork-sensitive work to a
 //! single-threaded helper process (see `DESIGN` in the README for why).
 
+pub mod doctor;
 pub mod helper;
 pub mod reference;
 pub mod registry;

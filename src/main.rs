@@ -5,5 +5,7 @@ mod cli;
 fn main() {
     // The library's helper mode: a multithreaded caller runs sandboxes through us.
     nsrun::helper::run_if_helper();
+    // The tool of `nsrun doctor`'s probe sandbox.
+    nsrun::doctor::run_if_probe();
     std::process::exit(cli::main(std::env::args().collect()));
 }

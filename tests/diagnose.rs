@@ -8,7 +8,11 @@ use std::process::Command;
 /// Runs nsrun inside a user namespace of our own, after `setup` (a shell snippet) ran there.
 fn nsrun_under(unshare_flags: &[&str], setup: &str) -> std::process::Output {
     let script = format!("{setup} && exec \"$0\" run --rootfs \"$1\" -- /bin/true",);
+    // A state directory of its own: as root of its namespace, nsrun would otherwise pick the
+    // machine's /var/lib/nsrun, whose files (another root's) it may not read.
+    let state = tempfile::tempdir().unwrap();
     Command::new("unshare")
+        .env("NSRUN_ROOT", state.path())
         .args(unshare_flags)
         .args(["sh", "-c", &script])
         .arg(nsrun_bin())

@@ -1,5 +1,6 @@
 //! The command line: parses, then calls the library. Nothing here that the library cannot do.
 
+pub mod doctor;
 pub mod image;
 pub mod run;
 
@@ -49,10 +50,14 @@ pub enum Command {
     Rmi(image::RmiArgs),
     /// Remove unreferenced images and what interrupted pulls left.
     Gc(image::GcArgs),
+    /// Check whether confined runs work here; say which setting refuses and the fix.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Subcommand names, so that `nsrun IMAGE -- CMD` can be told from `nsrun SUBCOMMAND`.
-const SUBCOMMANDS: &[&str] = &["run", "help", "pull", "images", "inspect", "rmi", "gc"];
+const SUBCOMMANDS: &[&str] = &[
+    "run", "help", "pull", "images", "inspect", "rmi", "gc", "doctor",
+];
 
 /// A clap error as the one line nsrun prints for every error: clap's first line, its tip if it
 /// has one, and where to read more (clap's own rendering takes three to five lines).
@@ -98,6 +103,7 @@ pub fn main(mut args: Vec<String>) -> i32 {
         Command::Inspect(a) => image::inspect(a),
         Command::Rmi(a) => image::rmi(a),
         Command::Gc(a) => image::gc(a),
+        Command::Doctor(a) => doctor::main(a),
     };
     match result {
         Ok(code) => code,

@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// User-mode network helper of --network private: pasta (default) or slirp4netns.
     #[arg(long, value_name = "HELPER", env = "NSRUN_NET_HELPER")]
     pub net_helper: Option<String>,
+    /// /proc: fresh (the run's own) or host-bind (nsrun's own /proc bound: weaker, the tool
+    /// sees the outer processes; for containers that refuse a fresh /proc).
+    #[arg(long, value_name = "MODE", default_value = "fresh")]
+    pub proc: String,
     /// User namespace mapping: auto, single or subid.
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub userns: String,
@@ -213,6 +217,7 @@ pub fn spec(a: &RunArgs) -> Result<(SandboxSpec, Option<ImageHold>), Failure> {
         .transpose()
         .map_err(Failure::usage)?;
     s.userns = a.userns.parse::<UsernsMode>().map_err(Failure::usage)?;
+    s.proc = a.proc.parse().map_err(Failure::usage)?;
     s.root_id_base = a.uid_base;
     s.timeout = a.timeout.map(|t| seconds("--timeout", t)).transpose()?;
     s.stop_timeout = seconds("--stop-timeout", a.stop_timeout)?;

@@ -81,15 +81,15 @@ pub enum IdmapError {
     UnmappedGid(u32, String),
     #[error("--uid-base {base}: the range {base}..{end} must be unprivileged: above 0 and within 32 bits", end = *base as u64 + RANGE_SIZE as u64)]
     BadBase { base: u32 },
-    #[error(
-        "uid/gid {0} is out of range for this mapping (container ids must be below {RANGE_SIZE})"
-    )]
-    OutOfRange(u32),
+    #[error("uid/gid {0} is out of range for this mapping (container ids must be below {1})")]
+    OutOfRange(u32, u32),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--uid-base {base}: those ids are not mapped in the user namespace nsrun runs in (its uid_map: {own}); leave --uid-base and NSRUN_UID_BASE unset to use the ids it maps")]
+    BaseNotMapped { base: u32, own: String },
     #[error("{tool} failed ({status}): {stderr}")]
     Helper {
         tool: &'static str,
@@ -109,11 +109,15 @@ pub enum IdmapError {
 /// is container root in both rootless mappings).
 pub fn image_ownership(caller: Caller, root_base: Option<u32>) -> Ownership {
     if caller.uid == 0 {
-        let base = root_base.unwrap_or(DEFAULT_ROOT_ID_BASE);
+        let r = root_range(root_base);
+        if r.size == 0 {
+            // A user namespace that maps only root: its root is container root too.
+            return Ownership::Squash { uid: 0, gid: 0 };
+        }
         Ownership::Shift {
-            uid_base: base,
-            gid_base: base,
-            size: RANGE_SIZE,
+            uid_base: r.uid_base,
+            gid_base: r.gid_base,
+            size: r.size,
         }
     } else {
         Ownership::Squash {
@@ -121,6 +125,98 @@ pub fn image_ownership(caller: Caller, root_base: Option<u32>) -> Ownership {
             gid: caller.gid,
         }
     }
+}
+
+/// The ids a run started by root may map container ids `0..size` to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootRange {
+    pub uid_base: u32,
+    pub gid_base: u32,
+    /// 0 when the user namespace nsrun runs in maps nothing but its root.
+    pub size: u32,
+}
+
+/// Where root's runs map their ids: `--uid-base` when given, else the dedicated range
+/// [`DEFAULT_ROOT_ID_BASE`] when the user namespace nsrun runs in maps it (the host's does),
+/// else what that namespace has (a rootless container, a Kubernetes pod with `hostUsers: false`):
+/// its longest run of ids other than its root, at most [`RANGE_SIZE`]. Container root stays an
+/// id other than nsrun's own wherever the namespace has one.
+pub fn root_range(explicit: Option<u32>) -> RootRange {
+    if let Some(base) = explicit {
+        return RootRange {
+            uid_base: base,
+            gid_base: base,
+            size: RANGE_SIZE,
+        };
+    }
+    let pick = |file: &str| {
+        std::fs::read_to_string(file)
+            .ok()
+            .map_or((DEFAULT_ROOT_ID_BASE, RANGE_SIZE), |t| pick_range(&t))
+    };
+    let (uid_base, us) = pick("/proc/self/uid_map");
+    let (gid_base, gs) = pick("/proc/self/gid_map");
+    RootRange {
+        uid_base,
+        gid_base,
+        size: us.min(gs),
+    }
+}
+
+/// Whether the `uid_map` text `map` maps every id of `start..start + count`.
+pub fn maps_range(map: &str, start: u32, count: u32) -> bool {
+    let (start, end) = (start as u64, start as u64 + count as u64);
+    map.lines().any(|l| {
+        let f: Vec<u64> = l
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        f.len() == 3 && f[0] <= start && end <= f[0] + f[2]
+    })
+}
+
+/// Picks root's range from the text of a `uid_map`: the dedicated range if it is mapped,
+/// otherwise the longest run of mapped ids other than 0 (capped at [`RANGE_SIZE`]); `(0, 0)`
+/// when only 0 is mapped.
+pub fn pick_range(map: &str) -> (u32, u32) {
+    let extents: Vec<(u64, u64)> = map
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(|x| x.parse::<u64>());
+            let (inside, _outside, count) = (f.next()?.ok()?, f.next()?.ok()?, f.next()?.ok()?);
+            Some((inside, count))
+        })
+        .collect();
+    let want = (DEFAULT_ROOT_ID_BASE as u64, RANGE_SIZE as u64);
+    if extents
+        .iter()
+        .any(|&(start, count)| start <= want.0 && want.0 + want.1 <= start + count)
+    {
+        return (DEFAULT_ROOT_ID_BASE, RANGE_SIZE);
+    }
+    // Adjacent extents form one run of ids; id 0 is left out (it is nsrun's own root).
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut sorted: Vec<(u64, u64)> = extents
+        .into_iter()
+        .filter_map(|(start, count)| match start {
+            0 if count > 1 => Some((1, count - 1)),
+            0 => None,
+            _ => Some((start, count)),
+        })
+        .collect();
+    sorted.sort();
+    for (start, count) in sorted {
+        match runs.last_mut() {
+            Some(last) if last.0 + last.1 == start => last.1 += count,
+            _ => runs.push((start, count)),
+        }
+    }
+    runs.iter()
+        .map(|&(start, count)| (start, count.min(RANGE_SIZE as u64)))
+        // Never a range that would reach the last 32-bit id (chown's "unchanged").
+        .filter(|&(start, count)| start + count < u32::MAX as u64)
+        .max_by_key(|&(start, count)| (count, std::cmp::Reverse(start)))
+        .map_or((0, 0), |(start, count)| (start as u32, count as u32))
 }
 
 /// One line of a `uid_map`/`gid_map`: `inside outside count`.
@@ -179,20 +275,79 @@ impl IdMap {
         want: (u32, u32),
         root_base: Option<u32>,
     ) -> Result<IdMap, IdmapError> {
-        let base = root_base.unwrap_or(DEFAULT_ROOT_ID_BASE);
-        if caller.uid == 0 && (base == 0 || base.checked_add(RANGE_SIZE).is_none()) {
+        let range = if caller.uid == 0 {
+            root_range(root_base)
+        } else {
+            RootRange {
+                uid_base: DEFAULT_ROOT_ID_BASE,
+                gid_base: DEFAULT_ROOT_ID_BASE,
+                size: RANGE_SIZE,
+            }
+        };
+        let mut map = Self::decide_in(mode, caller, want, root_base.is_some(), range)?;
+        if let (0, Some(base)) = (caller.uid, root_base) {
+            // A base the namespace nsrun runs in does not map would fail as a bare EPERM when
+            // the maps are written: say so now.
+            let own = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+            let ids = &map.uids[0];
+            if !own.is_empty() && !maps_range(&own, ids.outside, ids.count) {
+                return Err(IdmapError::BaseNotMapped {
+                    base,
+                    own: own.split_whitespace().collect::<Vec<_>>().join(" "),
+                });
+            }
+        }
+        // A user namespace whose maps newgidmap wrote for one id only (or `unshare -r`) has
+        // setgroups(2) denied, and every namespace below it inherits that.
+        if std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny") {
+            map.setgroups = false;
+        }
+        Ok(map)
+    }
+
+    /// [`IdMap::decide`] with root's range given (see [`root_range`]); `explicit` when it came
+    /// from `--uid-base`.
+    pub fn decide_in(
+        mode: UsernsMode,
+        caller: Caller,
+        want: (u32, u32),
+        explicit: bool,
+        range: RootRange,
+    ) -> Result<IdMap, IdmapError> {
+        let base = range.uid_base;
+        if caller.uid == 0 && explicit && (base == 0 || base.checked_add(RANGE_SIZE).is_none()) {
             // Host id 0 inside the range, or a range that wraps around to it, is host root.
             return Err(IdmapError::BadBase { base });
         }
-        if caller.uid == 0 && mode != UsernsMode::Single {
-            let ext = vec![Extent {
-                inside: 0,
-                outside: base,
-                count: RANGE_SIZE,
-            }];
+        if caller.uid == 0 && range.size == 0 {
+            // A user namespace that maps only its root (rootless podman without subordinate
+            // ids): the tool's ids can only be that root.
             return Ok(IdMap {
-                uids: ext.clone(),
-                gids: ext,
+                uids: vec![Extent {
+                    inside: want.0,
+                    outside: 0,
+                    count: 1,
+                }],
+                gids: vec![Extent {
+                    inside: want.1,
+                    outside: 0,
+                    count: 1,
+                }],
+                writer: Writer::Direct,
+                setgroups: true,
+            });
+        }
+        if caller.uid == 0 && mode != UsernsMode::Single {
+            let ext = |base| {
+                vec![Extent {
+                    inside: 0,
+                    outside: base,
+                    count: range.size,
+                }]
+            };
+            return Ok(IdMap {
+                uids: ext(range.uid_base),
+                gids: ext(range.gid_base),
                 writer: Writer::Direct,
                 setgroups: true,
             });
@@ -214,11 +369,11 @@ impl IdMap {
         let (out_uid, out_gid, setgroups) = if caller.uid == 0 {
             // Only ids inside the dedicated range: anything else could add up to host root.
             for id in [want.0, want.1] {
-                if id >= RANGE_SIZE {
-                    return Err(IdmapError::OutOfRange(id));
+                if id >= range.size {
+                    return Err(IdmapError::OutOfRange(id, range.size));
                 }
             }
-            (base + want.0, base + want.1, true)
+            (range.uid_base + want.0, range.gid_base + want.1, true)
         } else {
             (caller.uid, caller.gid, false)
         };
@@ -265,7 +420,7 @@ impl IdMap {
     /// Who should own an unpacked image's files for them to be mapped as in the image.
     pub fn ownership(&self) -> Ownership {
         match self.uids.as_slice() {
-            [one] if one.inside == 0 && one.count >= RANGE_SIZE => Ownership::Shift {
+            [one] if one.inside == 0 && one.count > 1 => Ownership::Shift {
                 uid_base: one.outside,
                 gid_base: self.gids[0].outside,
                 size: one.count,
@@ -525,7 +680,7 @@ mod tests {
         let wrap = (u32::MAX - DEFAULT_ROOT_ID_BASE) + 1;
         assert!(matches!(
             IdMap::decide(UsernsMode::Single, root, (wrap, 0), None),
-            Err(IdmapError::OutOfRange(_))
+            Err(IdmapError::OutOfRange(..))
         ));
         assert!(IdMap::decide(UsernsMode::Single, root, (0, wrap), None).is_err());
     }
@@ -536,5 +691,74 @@ mod tests {
         assert_eq!(parse_subid(text, "alice", 1000), Some((100000, 65536)));
         assert_eq!(parse_subid(text, "carol", 1001), Some((200000, 1000)));
         assert_eq!(parse_subid(text, "bob", 7), None);
+    }
+
+    #[test]
+    fn root_in_a_user_namespace_maps_what_the_namespace_has() {
+        // The host: everything is mapped, so the dedicated range is.
+        assert_eq!(
+            pick_range("0 0 4294967295\n"),
+            (DEFAULT_ROOT_ID_BASE, RANGE_SIZE)
+        );
+        // Kubernetes hostUsers: false: 65536 ids; container root must not be the pod's root.
+        assert_eq!(pick_range("0 1879048192 65536\n"), (1, 65535));
+        // Rootless podman: root is the user, 1.. the subordinate ids.
+        assert_eq!(pick_range("0 1000 1\n1 100000 65536\n"), (1, 65536));
+        // Adjacent extents are one run; the longest run wins, capped at 65536.
+        assert_eq!(
+            pick_range("0 1000 1\n1 5000 10\n11 9000 100000\n"),
+            (1, 65536)
+        );
+        assert_eq!(pick_range("0 1000 1\n5 5000 10\n100 9000 20\n"), (100, 20));
+        assert!(maps_range(
+            "0 0 4294967295\n",
+            DEFAULT_ROOT_ID_BASE,
+            RANGE_SIZE
+        ));
+        assert!(maps_range("0 1000 1\n1 100000 65536\n", 1, 65536));
+        assert!(!maps_range("0 1000 1\n1 100000 65536\n", 1, 65537));
+        assert!(!maps_range(
+            "0 1879048192 65536\n",
+            DEFAULT_ROOT_ID_BASE,
+            RANGE_SIZE
+        ));
+        // Only root: no range at all.
+        assert_eq!(pick_range("0 1000 1\n"), (0, 0));
+        assert_eq!(pick_range(""), (0, 0));
+        // Never up to the last 32-bit id.
+        assert_eq!(pick_range("0 0 1\n4294967290 10 5\n"), (0, 0));
+
+        let root = Caller { uid: 0, gid: 0 };
+        let pod = RootRange {
+            uid_base: 1,
+            gid_base: 1,
+            size: 65535,
+        };
+        let m = IdMap::decide_in(UsernsMode::Auto, root, (0, 0), false, pod).unwrap();
+        assert_eq!(render(&m.uids), "0 1 65535\n");
+        assert_eq!(m.host_uid(65534), Some(65535));
+        assert_eq!(
+            m.ownership(),
+            Ownership::Shift {
+                uid_base: 1,
+                gid_base: 1,
+                size: 65535
+            }
+        );
+        let m = IdMap::decide_in(UsernsMode::Single, root, (1000, 1000), false, pod).unwrap();
+        assert_eq!(m.host_uid(1000), Some(1001));
+        assert!(matches!(
+            IdMap::decide_in(UsernsMode::Single, root, (65535, 0), false, pod),
+            Err(IdmapError::OutOfRange(65535, 65535))
+        ));
+        let only_root = RootRange {
+            uid_base: 0,
+            gid_base: 0,
+            size: 0,
+        };
+        let m = IdMap::decide_in(UsernsMode::Auto, root, (0, 0), false, only_root).unwrap();
+        assert_eq!(render(&m.uids), "0 0 1\n");
+        let m = IdMap::decide_in(UsernsMode::Auto, root, (1000, 1000), false, only_root).unwrap();
+        assert_eq!(render(&m.gids), "1000 0 1\n");
     }
 }

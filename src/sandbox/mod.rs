@@ -19,6 +19,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod spec;
 mod sys;
+pub mod syscall_probe;
 pub mod user;
 
 pub use spawn::{check_stdio, run, Outcome, RunError, Stdio, Termination};

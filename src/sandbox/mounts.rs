@@ -28,7 +28,7 @@ use nix::sys::stat::Mode;
 use thiserror::Error;
 
 use super::masks::{MASKED_PATHS, READONLY_PATHS};
-use super::spec::{Network, SandboxSpec};
+use super::spec::{Network, ProcMode, SandboxSpec};
 use super::sys;
 
 /// Where the child mounts its private tmpfs before the first pivot.
@@ -447,7 +447,7 @@ pub fn plan(
     p.target(cwd, Kind::Dir)?;
 
     p.base_and_root(overlay_root)?;
-    p.proc(&proc_t);
+    p.proc(&proc_t, spec.proc)?;
     p.dev(&dev_t)?;
     p.sys(&sys_t, spec.network);
     p.tmpfs(&tmp_t, &format!("size={},mode=1777", spec.tmp_size), "/tmp");
@@ -669,7 +669,24 @@ impl Planner<'_> {
         Ok(())
     }
 
-    fn proc(&mut self, t: &Resolved) {
+    fn proc(&mut self, t: &Resolved, mode: ProcMode) -> Result<(), MountError> {
+        if mode == ProcMode::HostBind {
+            // Recursive: the kernel refuses to bind a /proc whose masks (submounts a container
+            // runtime put there) would be left behind, and they must stay anyway.
+            let src = self.source(Path::new("/proc"))?;
+            self.push(
+                mnt(
+                    Some(src),
+                    t.in_root(),
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    None,
+                ),
+                "bind the host's /proc on /proc (--proc host-bind)",
+                Tolerate::Nothing,
+            );
+            return Ok(());
+        }
         self.push(
             mnt(
                 Some(c"proc".into()),
@@ -681,6 +698,7 @@ impl Planner<'_> {
             "mount a fresh proc on /proc",
             Tolerate::Nothing,
         );
+        Ok(())
     }
 
     fn dev(&mut self, t: &Resolved) -> Result<(), MountError> {

@@ -66,6 +66,9 @@ pub struct SandboxSpec {
     pub stdin: bool,
     /// Directory for nsrun's own state (seccomp BPF cache, …); `None` disables on-disk caches.
     pub state_dir: Option<PathBuf>,
+    /// What `/proc` is: a fresh one of the run's pid namespace (default), or the caller's bound.
+    #[serde(default)]
+    pub proc: ProcMode,
 }
 
 impl SandboxSpec {
@@ -104,6 +107,7 @@ impl SandboxSpec {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             stdin: false,
             state_dir: None,
+            proc: ProcMode::Fresh,
         }
     }
 }
@@ -267,6 +271,40 @@ impl std::str::FromStr for Network {
             "private" => Ok(Network::Private),
             other => Err(format!(
                 "unsupported network mode {other:?}: expected none, host or private"
+            )),
+        }
+    }
+}
+
+/// What the run's `/proc` is (`--proc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcMode {
+    /// A new procfs of the run's own pid namespace: the tool sees only its own processes.
+    #[default]
+    Fresh,
+    /// The caller's `/proc` bound recursively, for hosts that refuse a fresh one (a container
+    /// whose runtime masks parts of `/proc`). Weaker: the tool sees the processes of the
+    /// caller's pid namespace (their command lines included; their memory, environment and
+    /// descriptors stay out of reach, as they belong to another user namespace). Docker's
+    /// masked paths are still masked and `/proc/sys` still read-only.
+    HostBind,
+}
+
+impl std::str::FromStr for ProcMode {
+    type Err = String;
+
+    /// ```
+    /// use nsrun::sandbox::spec::ProcMode;
+    /// assert_eq!("host-bind".parse(), Ok(ProcMode::HostBind));
+    /// assert!("host".parse::<ProcMode>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fresh" => Ok(ProcMode::Fresh),
+            "host-bind" => Ok(ProcMode::HostBind),
+            other => Err(format!(
+                "invalid --proc {other:?}: expected fresh or host-bind"
             )),
         }
     }

@@ -123,7 +123,11 @@ pub fn compile(
     };
     let native = native_arch()?;
     let kernel = kernel_version();
-    let cache_dir = cache_dir.map(|d| d.join("seccomp"));
+    // A cache directory that is not ours alone (another user's state dir, root's seen from a
+    // user namespace) is not used at all, silently: it is not a cache we made.
+    let cache_dir = cache_dir
+        .map(|d| d.join("seccomp"))
+        .filter(|d| std::fs::symlink_metadata(d).map_or(true, |m| trusted(&m).is_ok() || ours(&m)));
     let cache_file = cache_dir
         .as_deref()
         .map(|d| d.join(format!("{}.bpf", cache_key(bytes, caps, native, kernel))));
@@ -225,6 +229,11 @@ fn cache_digest(key: &str, program: &[u8]) -> [u8; 32] {
     h.update([0]);
     h.update(program);
     h.finalize().into()
+}
+
+/// Whether `meta` belongs to us (whatever its mode: [`write_cached`] tightens it).
+fn ours(meta: &std::fs::Metadata) -> bool {
+    std::os::unix::fs::MetadataExt::uid(meta) == nix::unistd::geteuid().as_raw()
 }
 
 /// Whether `meta` belongs to us and no one else may write it: a cache that changes what the

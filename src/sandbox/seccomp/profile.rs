@@ -5,10 +5,20 @@
 //! apply (`includes`/`excludes` on caps, arches and `minKernel`), with Docker's and runc's
 //! semantics. [`super::compile`] then hands the result to libseccomp.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::SeccompError;
 use crate::sandbox::caps::{cap_from_name, CapSet};
+
+/// Docker's Go structs read `null` as an empty list or struct (its own default profile has
+/// `"subArchitectures": null`): so do we.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
 
 /// A Docker-format profile (`profiles/default.json`, or a file given with `--security-opt`).
 #[derive(Debug, Clone, Deserialize)]
@@ -20,16 +30,16 @@ pub struct Profile {
     #[serde(default)]
     pub default_errno_ret: Option<u32>,
     /// Legacy list of architectures (`SCMP_ARCH_…`), used when `archMap` is absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub architectures: Vec<String>,
     /// Native architecture → the sub-architectures its filter must also cover.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub arch_map: Vec<ArchMap>,
     /// Rules, in order.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub syscalls: Vec<SyscallRule>,
     /// Filter flags (`SECCOMP_FILTER_FLAG_…`); accepted and ignored, as the ones nsrun needs are fixed.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub flags: Vec<String>,
     /// Unsupported: we never run a seccomp agent. Refused when set.
     #[serde(default)]
@@ -44,7 +54,7 @@ pub struct Profile {
 #[serde(rename_all = "camelCase")]
 pub struct ArchMap {
     pub architecture: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub sub_architectures: Vec<String>,
 }
 
@@ -52,7 +62,7 @@ pub struct ArchMap {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyscallRule {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub names: Vec<String>,
     /// Old single-name form.
     #[serde(default)]
@@ -60,11 +70,11 @@ pub struct SyscallRule {
     pub action: String,
     #[serde(default)]
     pub errno_ret: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub args: Vec<Arg>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub includes: Filter,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub excludes: Filter,
     #[serde(default)]
     pub comment: Option<String>,
@@ -76,7 +86,7 @@ pub struct SyscallRule {
 pub struct Arg {
     pub index: u32,
     pub value: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub value_two: u64,
     pub op: String,
 }
@@ -85,9 +95,9 @@ pub struct Arg {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Filter {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub caps: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub arches: Vec<String>,
     #[serde(default)]
     pub min_kernel: Option<String>,
