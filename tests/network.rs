@@ -508,3 +508,23 @@ fn private_mode_against_a_fake_internet() {
     assert!(stdout(&o).starts_with("1\n"), "{}", stdout(&o));
     assert!(!stdout(&o).contains("hello"), "{}", stdout(&o));
 }
+
+/// The filter and the routes belong to the run's user namespace, where the tool holds no
+/// CAP_NET_ADMIN: it cannot take the filter away or reroute around it.
+#[test]
+fn tool_cannot_change_the_runs_network() {
+    let o = sh(
+        &["--network", "private"],
+        "ip route del default; echo route=$?; ip link set lo down; echo link=$?; ip addr add 10.9.9.9/32 dev lo; echo addr=$?",
+    );
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    for k in ["route=0", "link=0", "addr=0"] {
+        assert!(!out.contains(k), "{out}");
+    }
+    assert!(
+        stderr(&o).contains("Operation not permitted"),
+        "{}",
+        stderr(&o)
+    );
+}
