@@ -25,11 +25,13 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
+use crate::runner::Error;
 use crate::sandbox::{self, Outcome, SandboxSpec};
 
 /// The hidden first argument that puts the `nsrun` binary in helper mode.
@@ -37,7 +39,9 @@ pub const HELPER_ARG: &str = "__nsrun-helper";
 /// Environment variable naming the helper binary.
 pub const HELPER_ENV: &str = "NSRUN_HELPER";
 /// The descriptor the helper finds its control socket on.
-const CONTROL_FD: i32 = 3;
+pub const CONTROL_FD: i32 = 3;
+/// The protocol version this library and helper speak.
+pub const PROTOCOL_VERSION: u32 = 1;
 
 #[derive(Debug, Error)]
 pub enum HelperError {
@@ -52,16 +56,64 @@ pub enum HelperError {
     Io(#[from] std::io::Error),
     #[error("the nsrun helper ended without a result ({0})")]
     NoResult(String),
+    #[error("the request cannot be sent to the helper: {0}")]
+    Request(String),
     /// The run failed before the tool ran; `exit_code` follows Docker (125, 126, 127).
     #[error("{message}")]
-    Run { message: String, exit_code: i32 },
+    Run {
+        message: String,
+        exit_code: i32,
+        error: Error,
+    },
 }
 
-/// What the helper answers.
-#[derive(Debug, Serialize, Deserialize)]
-enum Reply {
-    Done(Outcome),
-    Failed { message: String, exit_code: i32 },
+impl From<HelperError> for Error {
+    fn from(e: HelperError) -> Error {
+        match e {
+            HelperError::Run { error, .. } => error,
+            HelperError::Request(message) => Error::BadSpec { message },
+            other => Error::Helper {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// What the library sends: one JSON line on fd 3. Any byte sent after it, or closing the
+/// socket, kills the run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Request {
+    /// [`PROTOCOL_VERSION`]; a helper refuses a version it does not speak.
+    pub protocol: u32,
+    pub spec: SandboxSpec,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Request {
+            protocol: PROTOCOL_VERSION,
+            spec: SandboxSpec::default(),
+        }
+    }
+}
+
+/// What the helper answers: JSON lines on fd 3, zero or one `started`, then exactly one
+/// `done` or `failed`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// The tool has started.
+    Started {
+        run_id: String,
+        /// From clone to the tool's start, in seconds.
+        #[serde(with = "crate::runner::result::secs")]
+        setup_time: Duration,
+    },
+    /// The tool ran and ended (whatever its exit status).
+    Done { outcome: Outcome },
+    /// The run failed before the tool ran.
+    Failed { error: Error },
 }
 
 /// A finished run with its captured output.
@@ -76,6 +128,46 @@ pub struct Output {
 #[derive(Debug, Clone)]
 pub struct Helper {
     path: PathBuf,
+}
+
+/// A helper process running one sandbox: its control socket, and the tool's stdio pipes (when
+/// asked for).
+#[derive(Debug)]
+pub struct HelperRun {
+    child: tokio::process::Child,
+    rx: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+    tx: tokio::net::unix::OwnedWriteHalf,
+    pub stdin: Option<tokio::process::ChildStdin>,
+    pub stdout: Option<tokio::process::ChildStdout>,
+    pub stderr: Option<tokio::process::ChildStderr>,
+    line: String,
+}
+
+impl HelperRun {
+    /// The next message; `Ok(None)` once the helper closed the socket.
+    pub async fn message(&mut self) -> Result<Option<Message>, HelperError> {
+        self.line.clear();
+        if self.rx.read_line(&mut self.line).await? == 0 {
+            return Ok(None);
+        }
+        serde_json::from_str(&self.line)
+            .map(Some)
+            .map_err(|e| HelperError::NoResult(format!("unreadable message from the helper: {e}")))
+    }
+
+    /// Asks the helper to kill the run; it still answers with the outcome (`cancelled`).
+    pub async fn cancel(&mut self) {
+        // The helper may be gone already: nothing to kill then.
+        let _ = self.tx.write_all(b"cancel\n").await;
+    }
+
+    /// Waits for the helper process to exit; returns a description of its status.
+    pub async fn wait(&mut self) -> String {
+        match self.child.wait().await {
+            Ok(st) => st.to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
 }
 
 impl Helper {
@@ -121,26 +213,37 @@ impl Helper {
         &self.path
     }
 
-    /// Runs `spec`, feeding `stdin` (if any) to the tool and collecting its output.
-    /// Dropping the returned future kills the run.
-    pub async fn run(
+    /// Starts a helper for `spec`. The tool's stdin is `stdin` (with `spec.stdin` set when it
+    /// is not null); its stdout and stderr are piped to [`HelperRun::stdout`] and
+    /// [`HelperRun::stderr`] when `capture`, else inherited.
+    pub fn start(
         &self,
         spec: &SandboxSpec,
-        stdin: Option<Vec<u8>>,
-    ) -> Result<Output, HelperError> {
-        let mut spec = spec.clone();
-        spec.stdin = stdin.is_some();
+        stdin: Option<Stdio>,
+        capture: bool,
+    ) -> Result<HelperRun, HelperError> {
+        let mut request = Request {
+            protocol: PROTOCOL_VERSION,
+            spec: spec.clone(),
+        };
+        request.spec.stdin = stdin.is_some();
+        let mut line =
+            serde_json::to_vec(&request).map_err(|e| HelperError::Request(e.to_string()))?;
+        line.push(b'\n');
         let (ours, theirs) = UnixStream::pair()?;
         let theirs_fd = theirs.as_raw_fd();
         let mut cmd = tokio::process::Command::new(&self.path);
-        cmd.arg(HELPER_ARG)
-            .stdin(if stdin.is_some() {
+        let out = || {
+            if capture {
                 Stdio::piped()
             } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+                Stdio::inherit()
+            }
+        };
+        cmd.arg(HELPER_ARG)
+            .stdin(stdin.unwrap_or_else(Stdio::null))
+            .stdout(out())
+            .stderr(out());
         // SAFETY: the closure runs between fork and exec and calls only dup2 and fcntl, which
         // are async-signal-safe. dup2 clears close-on-exec on the new descriptor, except when
         // the socket already is fd 3: then the flag is cleared by hand.
@@ -162,49 +265,74 @@ impl Helper {
             source,
         })?;
         drop(theirs);
-
-        let mut request = serde_json::to_vec(&spec).expect("a spec always serialises");
-        request.push(b'\n');
-        (&ours).write_all(&request)?;
+        // The request fits the socket buffer unless it is huge; written before going async so
+        // that the helper never waits on us.
+        (&ours).write_all(&line)?;
         ours.set_nonblocking(true)?;
-        let mut control = tokio::net::UnixStream::from_std(ours)?;
+        let (rx, tx) = tokio::net::UnixStream::from_std(ours)?.into_split();
+        Ok(HelperRun {
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            child,
+            rx: tokio::io::BufReader::new(rx),
+            tx,
+            line: String::new(),
+        })
+    }
 
-        let mut child_stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().expect("piped");
-        let mut stderr = child.stderr.take().expect("piped");
+    /// Runs `spec`, feeding `stdin` (if any) to the tool and collecting its output, all of it
+    /// (see [`crate::runner::Runtime`] for capped capture). Dropping the returned future kills
+    /// the run.
+    pub async fn run(
+        &self,
+        spec: &SandboxSpec,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<Output, HelperError> {
+        let mut run = self.start(spec, stdin.as_ref().map(|_| Stdio::piped()), true)?;
+        let mut child_stdin = run.stdin.take();
+        let mut stdout = run.stdout.take().expect("piped");
+        let mut stderr = run.stderr.take().expect("piped");
         let feed = async {
             if let (Some(pipe), Some(data)) = (child_stdin.as_mut(), stdin) {
                 // A tool that exits without reading all of its input closes the pipe: not an error.
                 let _ = pipe.write_all(&data).await;
             }
             drop(child_stdin.take());
-            Ok::<_, std::io::Error>(())
         };
-        let (mut out, mut err, mut reply) = (Vec::new(), Vec::new(), Vec::new());
-        let (fed, o, e, r) = tokio::join!(
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let answer = async {
+            let mut last = None;
+            while let Some(m) = run.message().await? {
+                last = Some(m);
+            }
+            Ok::<_, HelperError>(last)
+        };
+        let ((), o, e, last) = tokio::join!(
             feed,
             stdout.read_to_end(&mut out),
             stderr.read_to_end(&mut err),
-            control.read_to_end(&mut reply)
+            answer
         );
-        fed?;
         o?;
         e?;
-        r?;
-        let status = child.wait().await?;
-        let reply: Reply = serde_json::from_slice(&reply).map_err(|_| {
-            HelperError::NoResult(format!(
-                "{status}; stderr: {}",
-                String::from_utf8_lossy(&err).trim()
-            ))
-        })?;
-        match reply {
-            Reply::Done(outcome) => Ok(Output {
+        let last = last?;
+        let status = run.wait().await;
+        match last {
+            Some(Message::Done { outcome }) => Ok(Output {
                 outcome,
                 stdout: out,
                 stderr: err,
             }),
-            Reply::Failed { message, exit_code } => Err(HelperError::Run { message, exit_code }),
+            Some(Message::Failed { error }) => Err(HelperError::Run {
+                message: error.to_string(),
+                exit_code: error.exit_code(),
+                error,
+            }),
+            _ => Err(HelperError::NoResult(format!(
+                "{status}; stderr: {}",
+                String::from_utf8_lossy(&err).trim()
+            ))),
         }
     }
 }
@@ -218,8 +346,8 @@ pub fn run_if_helper() {
     }
 }
 
-/// The helper's side: read the spec from fd 3, run it (fd 3 closing cancels), answer on fd 3.
-/// Must be called in a single-threaded process.
+/// The helper's side: read the request from fd 3, run it (fd 3 closing or sending anything
+/// cancels), answer on fd 3. Must be called in a single-threaded process.
 pub fn helper_main() -> i32 {
     // Clone and fork are safe only in a single-threaded process (see the module docs).
     let threads = std::fs::read_to_string("/proc/self/status")
@@ -232,7 +360,21 @@ pub fn helper_main() -> i32 {
         eprintln!("nsrun: helper mode needs a single-threaded process: call run_if_helper() before any thread or async runtime starts");
         return 125;
     }
-    // SAFETY: fd 3 was set up by `Helper::run` for this process and nothing else owns it.
+    // Started by hand (or by a caller that got the descriptors wrong): no fd 3 to own.
+    if nix::fcntl::fcntl(
+        // SAFETY: only borrowed for this one fcntl(F_GETFD), which any descriptor number allows.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(CONTROL_FD) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .is_err()
+    {
+        eprintln!(
+            "nsrun: {HELPER_ARG} is for the nsrun library's own use (no control socket on fd 3)"
+        );
+        return 125;
+    }
+    // SAFETY: fd 3 is open (checked above), was set up by our caller for this process, and
+    // nothing else in this process owns it.
     let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
     // Not for newuidmap and friends.
     let _ = nix::fcntl::fcntl(
@@ -241,26 +383,145 @@ pub fn helper_main() -> i32 {
     );
     let stream = UnixStream::from(control);
     let mut line = String::new();
-    if BufReader::new(&stream).read_line(&mut line).is_err() || line.is_empty() {
+    let mut reader = BufReader::new(&stream);
+    if reader.read_line(&mut line).is_err() || line.is_empty() {
         eprintln!("nsrun: {HELPER_ARG} is for the nsrun library's own use");
         return 125;
     }
-    let reply = match serde_json::from_str::<SandboxSpec>(&line) {
-        Err(e) => Reply::Failed {
-            message: format!("invalid request from the library: {e}"),
-            exit_code: 125,
-        },
-        Ok(spec) => match sandbox::run(&spec, sandbox::Stdio::default(), Some(stream.as_fd())) {
-            Ok(outcome) => Reply::Done(outcome),
-            Err(e) => Reply::Failed {
-                message: e.to_string(),
-                exit_code: e.exit_code(),
+    // Bytes after the request, already buffered, are a cancel that came before the run.
+    let cancelled_early = !reader.buffer().is_empty();
+    drop(reader);
+    let send = |m: &Message| {
+        let mut out = serde_json::to_vec(m).expect("a message always serialises");
+        out.push(b'\n');
+        // The caller may be gone; nothing to do about it then.
+        let _ = (&stream).write_all(&out);
+    };
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Message::Failed {
+            error: Error::BadSpec {
+                message: format!("invalid request from the library: {e}"),
             },
         },
+        Ok(r) if r.protocol != PROTOCOL_VERSION => Message::Failed {
+            error: Error::BadSpec {
+                message: format!(
+                    "helper protocol version {} is not supported: this nsrun speaks {PROTOCOL_VERSION}",
+                    r.protocol
+                ),
+            },
+        },
+        Ok(_) if cancelled_early => Message::Failed {
+            error: Error::Cancelled,
+        },
+        Ok(r) => {
+            let mut started = |run_id: &str, setup_time: Duration| {
+                send(&Message::Started {
+                    run_id: run_id.to_string(),
+                    setup_time,
+                })
+            };
+            match sandbox::spawn::run_observed(
+                &r.spec,
+                sandbox::Stdio::default(),
+                Some(stream.as_fd()),
+                &mut started,
+            ) {
+                Ok(outcome) => Message::Done { outcome },
+                Err(e) => Message::Failed {
+                    error: Error::from(&e),
+                },
+            }
+        }
     };
-    let mut out = serde_json::to_vec(&reply).expect("a reply always serialises");
-    out.push(b'\n');
-    // The caller may be gone; nothing to do about it then.
-    let _ = (&stream).write_all(&out);
+    send(&reply);
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = include_str!("../docs/helper-protocol.schema.json");
+
+    fn schema() -> serde_json::Value {
+        serde_json::from_str(SCHEMA).unwrap()
+    }
+
+    fn keys(v: &serde_json::Value) -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    /// The schema names every field a spec and an outcome have, so it cannot drift silently.
+    #[test]
+    fn the_schema_covers_every_field() {
+        let s = schema();
+        let spec = serde_json::to_value(SandboxSpec::default()).unwrap();
+        assert_eq!(keys(&s["$defs"]["SandboxSpec"]["properties"]), keys(&spec));
+        let limits = &spec["limits"];
+        assert_eq!(
+            keys(&s["$defs"]["SandboxSpec"]["properties"]["limits"]["properties"]),
+            keys(limits)
+        );
+        let outcome = Outcome {
+            run_id: "0123456789ab".into(),
+            termination: sandbox::Termination::Exited(0),
+            timed_out: false,
+            oom_killed: false,
+            cancelled: false,
+            setup_time: Duration::ZERO,
+            wall_time: Duration::ZERO,
+            cpu_time: Duration::ZERO,
+            peak_memory: None,
+            unenforced: vec![],
+            warnings: vec![],
+            notes: vec![],
+        };
+        let o = serde_json::to_value(&outcome).unwrap();
+        assert_eq!(keys(&s["$defs"]["Outcome"]["properties"]), keys(&o));
+        let kinds: Vec<String> = s["$defs"]["Error"]["properties"]["kind"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        for e in [
+            Error::Cancelled,
+            Error::BadSpec {
+                message: "m".into(),
+            },
+            Error::Setup {
+                step: "mount".into(),
+                errno: 1,
+                message: "m".into(),
+            },
+        ] {
+            let v = serde_json::to_value(&e).unwrap();
+            assert!(kinds.contains(&v["kind"].as_str().unwrap().to_string()));
+        }
+        let started = serde_json::to_value(Message::Started {
+            run_id: "x".into(),
+            setup_time: Duration::from_millis(5),
+        })
+        .unwrap();
+        assert_eq!(started["type"], "started");
+        assert_eq!(started["setup_time"], 0.005);
+    }
+
+    /// Every field has a default: `{}` is a request (which fails later for lack of a command).
+    #[test]
+    fn every_field_has_a_default() {
+        let r: Request = serde_json::from_str("{}").unwrap();
+        assert_eq!(r.protocol, PROTOCOL_VERSION);
+        assert!(r.spec.args.is_empty());
+        let r: Request = serde_json::from_str(
+            r#"{"spec": {"args": ["true"], "timeout": {"secs": 1, "nanos": 0}}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.spec.args, ["true"]);
+        assert_eq!(r.spec.timeout, Some(Duration::from_secs(1)));
+        assert_eq!(r.spec.stop_timeout, sandbox::spec::DEFAULT_STOP_TIMEOUT);
+    }
 }

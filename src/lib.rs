@@ -5,15 +5,35 @@
 //!   cgroup namespaces, confined by seccomp, capabilities and cgroup limits;
 //! - images ([`mod@reference`], [`registry`], [`store`], [`unpack`]): pull OCI images into a verified,
 //!   content-addressed rootfs cache;
-//! - the `nsrun` command line, a thin layer over both.
+//! - [`runner`]: the API a worker links — a [`runner::RunSpec`] (image or rootfs, files in and
+//!   out, limits, labels) in, a [`runner::RunResult`] and [`runner::Event`]s out, with a queue,
+//!   capped capture and an audit log;
+//! - the `nsrun` command line, a thin layer over the runner.
 //!
-//! A tokio program runs sandboxes through [`helper`], which delegates the fork-sensitive work to a
-//! single-threaded helper process (see `DESIGN` in the README for why).
+//! A tokio program runs sandboxes through [`Runtime`] (or, lower down, [`helper`]), which
+//! delegates the fork-sensitive work to a single-threaded helper process (see `DESIGN` in the
+//! README for why).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), nsrun::Error> {
+//! let rt = nsrun::Runtime::builder().max_concurrent(16).build()?;
+//! let r = rt.run(nsrun::RunSpec::image("alpine").args(["echo", "hi"])).await?;
+//! assert_eq!(r.stdout, b"hi\n");
+//! # Ok(()) }
+//! ```
 
 pub mod doctor;
 pub mod helper;
 pub mod reference;
 pub mod registry;
+pub mod runner;
 pub mod sandbox;
 pub mod store;
 pub mod unpack;
+
+pub use runner::{Error, Event, ImageRef, RunHandle, RunResult, RunSpec, Runtime};
+
+/// The README's examples, compiled as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nsrun::registry::RegistryOptions;
 use nsrun::sandbox::idmap::Ownership;
-use nsrun::store::{self, ImageHold, PullOptions, PullPolicy, ResolvedImage, Store};
+use nsrun::store::{self, PullOptions, PullPolicy, ResolvedImage, Store};
 use nsrun::unpack::Limits;
 
 use super::Failure;
@@ -132,8 +132,24 @@ impl ImageOpts {
         Ok(creds)
     }
 
-    /// Pull options for files owned per `ownership` (see [`store::default_ownership`]).
-    pub fn pull_options(&self, ownership: Ownership) -> Result<PullOptions, Failure> {
+    /// The registry flags.
+    pub fn registry_options(&self) -> Result<RegistryOptions, Failure> {
+        if !(self.registry_timeout.is_finite() && self.registry_timeout > 0.0) {
+            return Err(Failure::usage(
+                "--registry-timeout must be a positive number of seconds",
+            ));
+        }
+        Ok(RegistryOptions {
+            insecure: self.insecure_registry.clone(),
+            ca_files: self.registry_ca.clone(),
+            creds: self.creds()?,
+            read_timeout: Duration::from_secs_f64(self.registry_timeout),
+            ..Default::default()
+        })
+    }
+
+    /// The unpacking limits (`--max-image-bytes`, `--max-image-entries`).
+    pub fn unpack_limits(&self) -> Result<Limits, Failure> {
         let mut limits = Limits::default();
         if let Some(s) = &self.max_image_bytes {
             limits.max_bytes = nsrun::sandbox::parse_size(s)
@@ -142,50 +158,23 @@ impl ImageOpts {
         if let Some(n) = self.max_image_entries {
             limits.max_entries = n;
         }
-        if !(self.registry_timeout.is_finite() && self.registry_timeout > 0.0) {
-            return Err(Failure::usage(
-                "--registry-timeout must be a positive number of seconds",
-            ));
-        }
         if let Some(p) = &self.platform {
             nsrun::registry::manifest::Platform::parse(p)
                 .map_err(|e| Failure::usage(e.to_string()))?;
         }
+        Ok(limits)
+    }
+
+    /// Pull options for files owned per `ownership` (see [`store::default_ownership`]).
+    pub fn pull_options(&self, ownership: Ownership) -> Result<PullOptions, Failure> {
         Ok(PullOptions {
             platform: self.platform.clone(),
             ownership,
-            registry: RegistryOptions {
-                insecure: self.insecure_registry.clone(),
-                ca_files: self.registry_ca.clone(),
-                creds: self.creds()?,
-                read_timeout: Duration::from_secs_f64(self.registry_timeout),
-                ..Default::default()
-            },
-            limits,
+            registry: self.registry_options()?,
+            limits: self.unpack_limits()?,
             progress: true,
+            observer: None,
         })
-    }
-
-    /// The image (`lookup` without a runtime; a runtime only when the policy says to pull; `--pull`
-    /// defaults to `missing` here, as for `docker run`) and a hold on its cache entry (see
-    /// [`Store::hold`]), with the store opened once: what `nsrun run IMAGE` needs, so that no
-    /// `rmi` or `gc` removes the image under the running tool. The hold must live as long as
-    /// the run.
-    pub fn ensure_held(
-        &self,
-        reference: &str,
-        ownership: Ownership,
-    ) -> Result<(ResolvedImage, ImageHold), Failure> {
-        let opts = self.pull_options(ownership)?;
-        let s = self.store()?;
-        let img = self.ensure_in(
-            &s,
-            reference,
-            &opts,
-            self.pull.unwrap_or(PullPolicy::Missing),
-        )?;
-        let hold = s.hold(&img).map_err(fail)?;
-        Ok((img, hold))
     }
 
     fn ensure_with(
@@ -406,73 +395,10 @@ pub fn gc(a: GcArgs) -> Result<i32, Failure> {
     for c in &swept {
         println!("removed leftover run cgroup {}", c.display());
     }
+    // And their scratch directories (files in and out).
+    let root = a.root.clone().unwrap_or_else(Store::default_root);
+    for d in nsrun::runner::scratch::sweep(&root).map_err(fail)? {
+        println!("removed leftover run scratch {}", d.display());
+    }
     Ok(0)
-}
-
-/// The image tests' fixtures (OCI layouts, images), for the tests below.
-#[cfg(test)]
-#[path = "../../tests/images_common/mod.rs"]
-mod images_common;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn opts(root: &std::path::Path, pull: Option<PullPolicy>) -> ImageOpts {
-        ImageOpts {
-            root: Some(root.to_path_buf()),
-            platform: None,
-            insecure_registry: vec![],
-            registry_ca: vec![],
-            creds: None,
-            creds_file: None,
-            password_stdin: false,
-            resolved_creds: Default::default(),
-            pull,
-            max_image_bytes: None,
-            max_image_entries: None,
-            registry_timeout: 30.0,
-        }
-    }
-
-    /// `ensure_held` installs the image and holds it: `rmi` forgets the reference but leaves the
-    /// entry while the hold lives, `gc` removes it once the hold is dropped.
-    #[test]
-    fn ensure_held_pulls_and_holds() {
-        let tmp = tempfile::tempdir().unwrap();
-        let layout = tmp.path().join("layout");
-        let img = images_common::Image::simple("amd64", "held");
-        images_common::write_oci_layout(&layout, &[(&img, Some("v1"))], None);
-        let reference = format!("oci:{}:v1", layout.display());
-        let root = tmp.path().join("cache");
-        let io = opts(&root, None);
-        let (resolved, hold) = io
-            .ensure_held(&reference, store::default_ownership())
-            .unwrap();
-        assert_eq!(resolved.digest, img.digest());
-        assert!(resolved.rootfs[0].join("hello").is_file());
-        let s = Store::open(&root).unwrap();
-        let po = io.pull_options(store::default_ownership()).unwrap();
-        assert_eq!(s.remove(&reference, &po).unwrap(), Vec::<String>::new());
-        assert!(
-            resolved.entry.join("entry.json").is_file(),
-            "held entry removed"
-        );
-        drop(hold);
-        assert_eq!(s.gc().unwrap().entries.len(), 1);
-        assert!(!resolved.entry.exists());
-    }
-
-    /// With `--pull never` and nothing cached: a one-line error, status 125, no hold taken.
-    #[test]
-    fn ensure_held_never_pulls_when_told_not_to() {
-        let tmp = tempfile::tempdir().unwrap();
-        let io = opts(&tmp.path().join("cache"), Some(PullPolicy::Never));
-        let err = io
-            .ensure_held("example.invalid/never:v1", store::default_ownership())
-            .expect_err("nothing cached, --pull never");
-        assert_eq!(err.code, 125);
-        assert!(err.message.contains("not in the cache"), "{}", err.message);
-        assert_eq!(err.message.lines().count(), 1);
-    }
 }

@@ -3,16 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use nsrun::runner::{self, Data, RunResult, RunSpec, Runtime, Stdin};
 use nsrun::sandbox::cgroup::Limits;
 use nsrun::sandbox::idmap::UsernsMode;
 use nsrun::sandbox::seccomp::SeccompSource;
-use nsrun::sandbox::{self, parse_size, BindMount, Network, SandboxSpec, Stdio, TmpfsMount};
+use nsrun::sandbox::{self, parse_size, BindMount, Network, Stdio, TmpfsMount};
 
 use super::image::ImageOpts;
 use super::Failure;
-use nsrun::registry::manifest::ImageConfig;
-use nsrun::sandbox::idmap::{image_ownership, Caller};
-use nsrun::store::{ImageHold, Store};
 
 /// Flags follow `docker run` where Docker has one.
 #[derive(Debug, clap::Args)]
@@ -132,6 +130,29 @@ pub struct RunArgs {
     /// Override the image's entrypoint ("" clears it).
     #[arg(long, value_name = "CMD")]
     pub entrypoint: Option<String>,
+    /// Place HOSTFILE at /inputs/NAME (read-only) before the tool starts.
+    #[arg(long, value_name = "NAME=HOSTFILE")]
+    pub input: Vec<String>,
+    /// Place every file under DIR in /inputs (same relative paths).
+    #[arg(long, value_name = "DIR")]
+    pub input_dir: Vec<PathBuf>,
+    /// Read PATH (relative to /work, the writable work directory) back after the run.
+    #[arg(long, value_name = "PATH")]
+    pub output: Vec<String>,
+    /// Where --output files are copied (same relative paths).
+    #[arg(long, value_name = "HOSTDIR")]
+    pub output_dir: Option<PathBuf>,
+    /// A label recorded in the result (`tenant` also names the run's scratch directory).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Print the run's result as JSON on stdout, the tool's output inside it (captured up to
+    /// 16 MiB per stream). The run goes through the helper: a signal to nsrun ends the run
+    /// rather than being forwarded to the tool.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the run's result as JSON to FILE; stdout and stderr stream as usual.
+    #[arg(long, value_name = "FILE")]
+    pub result_json: Option<PathBuf>,
     #[command(flatten)]
     pub images: ImageOpts,
     /// The image to run (with --rootfs: the command).
@@ -146,9 +167,9 @@ pub struct RunArgs {
     pub args: Vec<String>,
 }
 
-/// Turns the flags into a spec. Every flag value is checked here, before anything is created.
-/// Also returns the hold on the image's cache entry, which must live as long as the run.
-pub fn spec(a: &RunArgs) -> Result<(SandboxSpec, Option<ImageHold>), Failure> {
+/// Turns the flags into a run request and the runtime to run it with. Every flag value is
+/// checked here, before anything is created; the image rules and the cache are the runner's.
+pub fn request(a: &RunArgs) -> Result<(Runtime, RunSpec), Failure> {
     if a.tty {
         return Err(Failure::usage("--tty is not supported yet; run without -t"));
     }
@@ -164,7 +185,16 @@ pub fn spec(a: &RunArgs) -> Result<(SandboxSpec, Option<ImageHold>), Failure> {
     }
     sandbox::check_stdio(1, "stdout").map_err(usage)?;
     sandbox::check_stdio(2, "stderr").map_err(usage)?;
-    let mut s = SandboxSpec::new(PathBuf::new(), Vec::<String>::new());
+    let mut s = match (&a.rootfs, &a.image) {
+        // With --rootfs there is no image: the first positional is the command.
+        (Some(dir), _) => RunSpec::rootfs(dir.clone()).args(a.image.iter().chain(&a.args).cloned()),
+        (None, Some(reference)) => RunSpec::image(reference.clone()).args(a.args.clone()),
+        (None, None) => {
+            return Err(Failure::usage(
+                "no image given: nsrun run [OPTIONS] IMAGE [CMD...] (or --rootfs DIR)",
+            ))
+        }
+    };
     for file in &a.env_file {
         let text = std::fs::read_to_string(file)
             .map_err(|e| Failure::usage(format!("--env-file {}: {e}", file.display())))?;
@@ -179,9 +209,18 @@ pub fn spec(a: &RunArgs) -> Result<(SandboxSpec, Option<ImageHold>), Failure> {
     for e in &a.env {
         push_env(&mut s.env, e)?;
     }
-    s.cwd = a.workdir.clone();
+    s.entrypoint = a.entrypoint.as_ref().map(|e| {
+        if e.is_empty() {
+            Vec::new()
+        } else {
+            vec![e.clone()]
+        }
+    });
+    s.workdir = a.workdir.clone();
     s.user = a.user.clone();
-    s.stdin = a.interactive;
+    if a.interactive {
+        s.stdin = Stdin::Inherit;
+    }
     s.hostname = a.hostname.clone();
     s.binds = a
         .volumes
@@ -196,8 +235,8 @@ pub fn spec(a: &RunArgs) -> Result<(SandboxSpec, Option<ImageHold>), Failure> {
         .collect::<Result<_, _>>()
         .map_err(Failure::usage)?;
     s.tmp_size =
-        parse_size(&a.tmpfs_size).map_err(|e| Failure::usage(format!("--tmpfs-size: {e}")))?;
-    s.network = a.network.parse::<Network>().map_err(Failure::usage)?;
+        Some(parse_size(&a.tmpfs_size).map_err(|e| Failure::usage(format!("--tmpfs-size: {e}")))?);
+    s.network = Some(a.network.parse::<Network>().map_err(Failure::usage)?);
     s.net.egress_allow = parse_all(&a.egress_allow)?;
     s.net.publish = parse_all(&a.publish)?;
     s.net.add_hosts = parse_all(&a.add_host)?;
@@ -218,10 +257,10 @@ pub fn spec(a: &RunArgs) -> Result<(SandboxSpec, Option<ImageHold>), Failure> {
         .map_err(Failure::usage)?;
     s.userns = a.userns.parse::<UsernsMode>().map_err(Failure::usage)?;
     s.proc = a.proc.parse().map_err(Failure::usage)?;
-    s.root_id_base = a.uid_base;
+    s.uid_base = a.uid_base;
     s.timeout = a.timeout.map(|t| seconds("--timeout", t)).transpose()?;
-    s.stop_timeout = seconds("--stop-timeout", a.stop_timeout)?;
-    s.limits = limits(a)?;
+    s.stop_timeout = Some(seconds("--stop-timeout", a.stop_timeout)?);
+    s.limits = Some(limits(a)?);
     s.cap_add = a.cap_add.clone();
     s.cap_drop = a.cap_drop.clone();
     for opt in &a.security_opt {
@@ -247,68 +286,69 @@ pub fn spec(a: &RunArgs) -> Result<(SandboxSpec, Option<ImageHold>), Failure> {
             }
         }
     }
-    s.state_dir = Some(a.images.root.clone().unwrap_or_else(Store::default_root));
-
-    // Last, once every flag is known to be good: find (or pull) the image.
-    nsrun::sandbox::plan::check(&s).map_err(|e| Failure::usage(e.to_string()))?;
-    let mut hold = None;
-    let (config, user_args) = match &a.rootfs {
-        // With --rootfs there is no image: the first positional is the command.
-        Some(dir) => {
-            s.rootfs = vec![dir.clone()];
-            (
-                ImageConfig::default(),
-                a.image.iter().chain(&a.args).cloned().collect(),
-            )
+    for i in &a.input {
+        let Some((name, file)) = i.split_once('=') else {
+            return Err(Failure::usage(format!(
+                "--input {i:?}: expected NAME=HOSTFILE"
+            )));
+        };
+        if !std::path::Path::new(file).is_file() {
+            return Err(Failure::usage(format!(
+                "--input {name}: {file:?} is not a readable file"
+            )));
         }
-        None => {
-            let Some(reference) = &a.image else {
-                return Err(Failure::usage(
-                    "no image given: nsrun run [OPTIONS] IMAGE [CMD...] (or --rootfs DIR)",
-                ));
-            };
-            // Held, so that no `nsrun rmi` or `gc` removes it under the running tool.
-            let (image, held) = a
-                .images
-                .ensure_held(reference, image_ownership(Caller::current(), a.uid_base))?;
-            hold = Some(held);
-            s.rootfs = image.rootfs;
-            (image.config, a.args.clone())
-        }
-    };
-    s.args = command(&config, a.entrypoint.as_deref(), &user_args)?;
-    // The image's environment comes first: -e and --env-file override it.
-    s.env = config.env_with(&s.env);
-    s.cwd = s
-        .cwd
-        .or_else(|| config.working_dir.clone().filter(|w| !w.is_empty()));
-    s.user = s
-        .user
-        .or_else(|| config.user.clone().filter(|u| !u.is_empty()));
-    Ok((s, hold))
-}
-
-/// The command line as Docker builds it (see [`ImageConfig::argv`]); `--entrypoint ""` clears
-/// the entrypoint.
-fn command(
-    config: &ImageConfig,
-    entrypoint: Option<&str>,
-    user_args: &[String],
-) -> Result<Vec<String>, Failure> {
-    let entrypoint: Option<Vec<String>> = entrypoint.map(|e| {
-        if e.is_empty() {
-            Vec::new()
-        } else {
-            vec![e.to_string()]
-        }
-    });
-    let args = config.argv(entrypoint.as_deref(), user_args);
-    if args.is_empty() {
+        s = s.input(name, Data::File(file.into()));
+    }
+    for d in &a.input_dir {
+        s = s.input_dir(d).map_err(|e| Failure::usage(e.to_string()))?;
+    }
+    s.outputs = a.output.clone();
+    if !s.outputs.is_empty() && a.output_dir.is_none() && !a.json && a.result_json.is_none() {
         return Err(Failure::usage(
-            "no command specified: the image has no Entrypoint or Cmd; give one after the image",
+            "--output needs --output-dir HOSTDIR (or --json / --result-json to get the files in the result)",
         ));
     }
-    Ok(args)
+    if let Some(dir) = &a.output_dir {
+        if !dir.is_dir() {
+            return Err(Failure::usage(format!(
+                "--output-dir {}: not a directory",
+                dir.display()
+            )));
+        }
+    }
+    s.output_dir = a.output_dir.clone();
+    for l in &a.label {
+        let Some((k, v)) = l.split_once('=') else {
+            return Err(Failure::usage(format!("--label {l:?}: expected KEY=VALUE")));
+        };
+        s = s.label(k, v);
+    }
+    s.pull = a.images.pull;
+    let mut b = Runtime::builder()
+        .root(
+            a.images
+                .root
+                .clone()
+                .unwrap_or_else(nsrun::store::Store::default_root),
+        )
+        .registry(a.images.registry_options()?)
+        .image_limits(a.images.unpack_limits()?)
+        // The command line writes no audit log: --result-json is its record.
+        .audit(std::sync::Arc::new(runner::NoAudit));
+    if let Some(p) = &a.images.platform {
+        b = b.platform(p.clone());
+    }
+    if a.json {
+        // Captured output needs the helper: this very binary.
+        let exe = std::env::current_exe()
+            .map_err(|e| Failure::usage(format!("cannot find the nsrun binary: {e}")))?;
+        b = b.helper(exe);
+    }
+    let rt = b.build().map_err(|e| Failure {
+        code: e.exit_code(),
+        message: e.to_string(),
+    })?;
+    Ok((rt, s))
 }
 
 fn parse_all<T: std::str::FromStr<Err = String>>(v: &[String]) -> Result<Vec<T>, Failure> {
@@ -367,46 +407,100 @@ fn limits(a: &RunArgs) -> Result<Limits, Failure> {
 
 /// `nsrun run`: returns the exit status nsrun should leave with.
 pub fn main(a: RunArgs) -> Result<i32, Failure> {
-    let (spec, _hold) = spec(&a)?;
-    let outcome = sandbox::run(&spec, Stdio::default(), None).map_err(|e| Failure {
-        code: e.exit_code(),
-        message: e.to_string(),
-    })?;
-    if !outcome.unenforced.is_empty() {
+    let (rt, spec) = request(&a)?;
+    let memory = a.memory.clone();
+    let timeout = spec.timeout;
+    let result = if a.json {
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::usage(format!("cannot start the tokio runtime: {e}")))?;
+        tokio.block_on(rt.run(spec))
+    } else {
+        rt.run_here(spec, Stdio::default())
+    };
+    let write_result = |json: &str| -> Result<(), Failure> {
+        if let Some(f) = &a.result_json {
+            std::fs::write(f, format!("{json}\n")).map_err(|e| Failure {
+                code: 125,
+                message: format!("--result-json {}: {e}", f.display()),
+            })?;
+        }
+        if a.json {
+            println!("{json}");
+        }
+        Ok(())
+    };
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if a.json || a.result_json.is_some() {
+                let json = serde_json::json!({ "error": e }).to_string();
+                write_result(&json)?;
+            }
+            return Err(Failure {
+                code: e.exit_code(),
+                message: e.to_string(),
+            });
+        }
+    };
+    report(&r, timeout, memory.as_deref(), a.stats);
+    write_result(&serde_json::to_string(&r).map_err(|e| Failure::usage(e.to_string()))?)?;
+    Ok(r.exit_code)
+}
+
+/// What `nsrun run` says on stderr about a finished run.
+fn report(r: &RunResult, timeout: Option<Duration>, memory: Option<&str>, stats: bool) {
+    if !r.unenforced.is_empty() {
         eprintln!(
             "nsrun: warning: limits not enforced on this host: {}",
-            outcome.unenforced.join("; ")
+            r.unenforced.join("; ")
         );
     }
-    for note in &outcome.notes {
+    for note in &r.notes {
         eprintln!("nsrun: note: {note}");
     }
-    if outcome.timed_out {
-        let t = spec.timeout.unwrap_or_default().as_secs_f64();
+    for w in &r.warnings {
+        eprintln!("nsrun: warning: {w}");
+    }
+    if r.timed_out {
+        let t = timeout.unwrap_or_default().as_secs_f64();
         eprintln!(
             "nsrun: timed out after {t}s: sent SIGTERM, then SIGKILL to every process of the run"
         );
     }
-    if outcome.oom_killed {
+    if r.oom_killed {
         eprintln!(
             "nsrun: out of memory: the kernel's OOM killer ended the tool (--memory {})",
-            a.memory.as_deref().unwrap_or("limit")
+            memory.unwrap_or("limit")
         );
     }
-    if a.stats {
+    for e in r.outputs.iter().filter_map(|o| o.error.as_ref()) {
+        eprintln!("nsrun: warning: {e}");
+    }
+    for o in r.outputs.iter().filter(|o| o.missing) {
+        eprintln!(
+            "nsrun: warning: output {:?} was not created by the tool",
+            o.path
+        );
+    }
+    for o in r.outputs.iter().filter(|o| o.truncated) {
+        eprintln!(
+            "nsrun: warning: output {:?} is {} bytes, more than the output cap: truncated",
+            o.path, o.size
+        );
+    }
+    if stats {
         eprintln!(
             "nsrun: stats: setup {:.1} ms, wall {:.1} ms, cpu {:.1} ms, peak memory {}",
-            outcome.setup_time.as_secs_f64() * 1e3,
-            outcome.wall_time.as_secs_f64() * 1e3,
-            outcome.cpu_time.as_secs_f64() * 1e3,
-            outcome.peak_memory.map_or_else(
+            r.durations.setup.as_secs_f64() * 1e3,
+            (r.durations.setup + r.durations.run).as_secs_f64() * 1e3,
+            r.cpu_time.as_secs_f64() * 1e3,
+            r.peak_memory.map_or_else(
                 || "unknown".to_string(),
                 |b| format!("{:.1} MiB", b as f64 / 1048576.0)
             ),
         );
     }
-    if outcome.oom_killed {
-        return Ok(137);
-    }
-    Ok(outcome.exit_code())
 }

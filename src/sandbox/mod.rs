@@ -24,4 +24,4 @@ pub mod user;
 
 pub use spawn::{check_stdio, run, Outcome, RunError, Stdio, Termination};
 
-pub use spec::{parse_size, BindMount, Network, SandboxSpec, TmpfsMount};
+pub use spec::{parse_size, BindMount, Network, ProcMode, SandboxSpec, TmpfsMount};

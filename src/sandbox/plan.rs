@@ -46,6 +46,21 @@ pub enum PlanError {
     Net(#[from] net::parent::NetError),
     #[error("argument or variable contains a NUL byte: {0:?}")]
     Nul(String),
+    #[error("invalid run id {0:?}: expected 12 to 64 lowercase hex digits")]
+    BadRunId(String),
+}
+
+/// Checks a caller-chosen run id: it names cgroups and scratch directories, so only hex digits.
+pub fn check_run_id(id: &str) -> Result<(), PlanError> {
+    let ok = (12..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::BadRunId(id.to_string()))
+    }
 }
 
 /// What the tool process executes.
@@ -164,6 +179,7 @@ impl Plan {
         if spec.args.is_empty() {
             return Err(PlanError::NoCommand);
         }
+        check_run_id(run_id)?;
         let ident = user::resolve(spec.user.as_deref(), &spec.rootfs)?;
         let idmap = IdMap::decide(
             spec.userns,
@@ -249,6 +265,9 @@ impl Plan {
 /// The CLI runs it before it pulls an image, so that a bad flag costs no download and leaves no
 /// cache entry behind; [`Plan::build`] checks all of it again, and the rest.
 pub fn check(spec: &SandboxSpec) -> Result<(), PlanError> {
+    if let Some(id) = &spec.run_id {
+        check_run_id(id)?;
+    }
     for v in &spec.env {
         check_env(v)?;
     }
@@ -541,5 +560,9 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+        assert!(check_run_id(&a).is_ok());
+        for bad in ["", "abc", "../../etc", "ABCDEF012345", &"a".repeat(65)] {
+            assert!(check_run_id(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -103,6 +103,10 @@ pub struct Outcome {
     pub peak_memory: Option<u64>,
     /// Limits that could not be enforced on this host, one phrase each.
     pub unenforced: Vec<String>,
+    /// What went wrong after the tool ended without changing its result (a cgroup that could
+    /// not be removed: `nsrun gc` removes it later), one line each.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// How the run differs from what was asked, to enforce what was asked (one sentence each),
     /// e.g. capabilities dropped so that an rlimit holds.
     #[serde(default)]
@@ -110,9 +114,13 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The exit status Docker would give: 124 for a timeout (like timeout(1)), 128+N for signal N,
-    /// else the tool's own code.
+    /// The exit status Docker would give: 137 when the OOM killer ended the run (as Docker
+    /// reports it, whichever process it picked), 124 for a timeout (like timeout(1)), 128+N for
+    /// signal N, else the tool's own code.
     pub fn exit_code(&self) -> i32 {
+        if self.oom_killed {
+            return 137;
+        }
         if self.timed_out {
             return 124;
         }
@@ -205,6 +213,17 @@ pub fn run(
     stdio: Stdio,
     cancel: Option<BorrowedFd>,
 ) -> Result<Outcome, RunError> {
+    run_observed(spec, stdio, cancel, &mut |_, _| {})
+}
+
+/// [`run`], calling `on_started(run_id, setup_time)` as soon as the tool has started (the
+/// helper turns it into the protocol's `started` message).
+pub fn run_observed(
+    spec: &SandboxSpec,
+    stdio: Stdio,
+    cancel: Option<BorrowedFd>,
+    on_started: &mut dyn FnMut(&str, Duration),
+) -> Result<Outcome, RunError> {
     // Before anything is created: what the tool's stdio will be.
     let raw = |fd: &Option<OwnedFd>, default: RawFd| fd.as_ref().map_or(default, |f| f.as_raw_fd());
     if stdio.stdin.is_some() || spec.stdin {
@@ -213,7 +232,7 @@ pub fn run(
     check_stdio(raw(&stdio.stdout, 1), "stdout")?;
     check_stdio(raw(&stdio.stderr, 2), "stderr")?;
 
-    let run_id = new_run_id();
+    let run_id = spec.run_id.clone().unwrap_or_else(new_run_id);
     let mut plan = Plan::build(spec, &run_id)?;
     let enforcement = cgroup::setup(&spec.limits, &run_id)?;
     let mut notes = Vec::new();
@@ -314,7 +333,7 @@ pub fn run(
     // `sync_w` stays open until the run ends: the child watches it to notice our death.
 
     let mut waiter = Waiter::new(pid, report_r, cancel, spec, started)?;
-    let events = waiter.wait()?;
+    let events = waiter.wait(&mut |setup| on_started(&run_id, setup))?;
     let (status, usage) = sys::wait4(pid).map_err(|e| RunError::Sys {
         what: "wait4",
         err: nix::errno::Errno::from_raw(e),
@@ -324,10 +343,14 @@ pub fn run(
     let wall_time = started.elapsed();
 
     let mut stats = None;
+    let mut warnings = Vec::new();
     if let Enforcement::Cgroup(cg) = enforcement {
         cg.kill_all();
         stats = Some(cg.stats());
-        cg.remove()?;
+        // The tool's result stands: a cgroup left behind is swept by `nsrun gc`.
+        if let Err(e) = cg.remove() {
+            warnings.push(format!("{e} (nsrun gc removes it)"));
+        }
     }
 
     if let Some(Report::Failed { stage, errno }) = events.failure {
@@ -347,6 +370,7 @@ pub fn run(
                 cpu_time: cpu_time(&usage),
                 peak_memory: None,
                 unenforced,
+                warnings,
                 notes,
             });
         }
@@ -378,6 +402,7 @@ pub fn run(
             .and_then(|s| s.peak_memory)
             .or(Some(usage.ru_maxrss as u64 * 1024)),
         unenforced,
+        warnings,
         notes,
     })
 }
@@ -476,7 +501,7 @@ impl<'a> Waiter<'a> {
         })
     }
 
-    fn wait(&mut self) -> Result<Events, RunError> {
+    fn wait(&mut self, on_started: &mut dyn FnMut(Duration)) -> Result<Events, RunError> {
         loop {
             let timeout = match self.deadline {
                 None => PollTimeout::NONE,
@@ -513,11 +538,11 @@ impl<'a> Waiter<'a> {
             drop(fds);
 
             if report_ready || exited {
-                self.read_reports();
+                self.read_reports(on_started);
             }
             if exited {
                 // Reports written just before exit are in the pipe already.
-                self.read_reports();
+                self.read_reports(on_started);
                 return Ok(std::mem::take(&mut self.events));
             }
             if signalled {
@@ -543,7 +568,7 @@ impl<'a> Waiter<'a> {
         }
     }
 
-    fn read_reports(&mut self) {
+    fn read_reports(&mut self, on_started: &mut dyn FnMut(Duration)) {
         let Some(fd) = &self.report else { return };
         let mut buf = [0u8; REPORT_SIZE];
         // The pipe is drained only when poll says it is readable or pid 1 is gone, so these
@@ -553,7 +578,9 @@ impl<'a> Waiter<'a> {
             match sys::read_full(fd.as_raw_fd(), &mut buf) {
                 Ok(REPORT_SIZE) => match Report::decode(&buf) {
                     Some(Report::Started { .. }) => {
-                        self.events.started = Some(self.started.elapsed())
+                        let setup = self.started.elapsed();
+                        self.events.started = Some(setup);
+                        on_started(setup);
                     }
                     Some(Report::Exited { code }) => {
                         self.events.termination = Some(Termination::Exited(code))

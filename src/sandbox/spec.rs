@@ -21,7 +21,11 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Everything needed to run one command in a fresh sandbox.
+///
+/// Every field has a default (see [`SandboxSpec::default`]), so a JSON request may leave any of
+/// them out (docs/helper-protocol.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SandboxSpec {
     /// Directories that make up the root filesystem, topmost first. One entry for `--rootfs DIR`.
     pub rootfs: Vec<PathBuf>,
@@ -69,6 +73,17 @@ pub struct SandboxSpec {
     /// What `/proc` is: a fresh one of the run's pid namespace (default), or the caller's bound.
     #[serde(default)]
     pub proc: ProcMode,
+    /// The run id (12 to 64 lowercase hex digits) when the caller chose it, so that its own
+    /// records (scratch directory, audit) carry the same id as the cgroup and the hostname;
+    /// `None`: a fresh random one.
+    pub run_id: Option<String>,
+}
+
+impl Default for SandboxSpec {
+    /// No root filesystem and no command: what a JSON request starts from.
+    fn default() -> Self {
+        SandboxSpec::new(PathBuf::new(), Vec::<String>::new())
+    }
 }
 
 impl SandboxSpec {
@@ -108,6 +123,7 @@ impl SandboxSpec {
             stdin: false,
             state_dir: None,
             proc: ProcMode::Fresh,
+            run_id: None,
         }
     }
 }

@@ -167,6 +167,8 @@ pub struct PullOptions {
     pub limits: Limits,
     /// Per-layer progress on stderr when it is a terminal.
     pub progress: bool,
+    /// Told of the layers' progress (the runner turns it into `pulling` events).
+    pub observer: Option<progress::Observer>,
 }
 
 impl Default for PullOptions {
@@ -177,6 +179,7 @@ impl Default for PullOptions {
             registry: RegistryOptions::default(),
             limits: Limits::default(),
             progress: false,
+            observer: None,
         }
     }
 }
@@ -660,6 +663,7 @@ impl Store {
                 .collect(),
         );
         let _display = progress::Display::start(layers_progress.clone(), opts.progress);
+        let _watch = progress::Watch::start(layers_progress.clone(), opts.observer.clone());
         let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<LayerFile, StoreError>)>();
         let mut downloads = tokio::task::JoinSet::new();
         match &plan.fetch {

@@ -5,6 +5,78 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A pull's progress, as an observer ([`Observer`]) sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PullProgress {
+    pub layers_total: usize,
+    /// Layers downloaded and unpacked.
+    pub layers_done: usize,
+    /// Compressed bytes of all layers, and how many have been downloaded.
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+}
+
+/// Called every 200 ms during a pull's layer phase, and once at its end.
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn Fn(PullProgress) + Send + Sync>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+fn snapshot(layers: &[Layer]) -> PullProgress {
+    PullProgress {
+        layers_total: layers.len(),
+        layers_done: layers
+            .iter()
+            .filter(|l| l.state.load(Ordering::Relaxed) == EXTRACTED)
+            .count(),
+        bytes_total: layers.iter().map(|l| l.total).sum(),
+        bytes_done: layers.iter().map(|l| l.done.load(Ordering::Relaxed)).sum(),
+    }
+}
+
+/// Feeds an [`Observer`] from a tokio task until dropped (then once more, with the final state).
+pub struct Watch {
+    task: Option<tokio::task::JoinHandle<()>>,
+    last: Option<(Arc<Vec<Layer>>, Observer)>,
+}
+
+impl Watch {
+    pub fn start(layers: Arc<Vec<Layer>>, observer: Option<Observer>) -> Watch {
+        let Some(obs) = observer else {
+            return Watch {
+                task: None,
+                last: None,
+            };
+        };
+        let (l, o) = (layers.clone(), obs.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                (o.0)(snapshot(&l));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Watch {
+            task: Some(task),
+            last: Some((layers, obs)),
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        if let Some((l, o)) = self.last.take() {
+            (o.0)(snapshot(&l));
+        }
+    }
+}
+
 /// One line per layer, redrawn in place.
 pub struct Display {
     stop: Arc<AtomicBool>,

@@ -329,6 +329,12 @@ fn run_dir_name(run_id: &str) -> Result<String, CgroupError> {
     Ok(format!("{pid}-{start}-{run_id}"))
 }
 
+/// This process as an owner of run resources: its pid and start time (see [`owner_gone`]).
+pub(crate) fn owner_of_this_process() -> Result<(u32, u64), CgroupError> {
+    let pid = std::process::id();
+    Ok((pid, start_time(pid)?))
+}
+
 /// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot. With the
 /// pid, it names one process for the life of the system, even after the pid is reused.
 fn start_time(pid: u32) -> Result<u64, CgroupError> {
@@ -373,7 +379,7 @@ fn parse_owner(name: &str) -> Option<(u32, u64)> {
 /// Whether the process that created a run cgroup is gone: no process has its pid, the one that
 /// has it started at another time (the pid was reused), or it is a zombie. When in doubt (its
 /// stat unreadable, say under `hidepid`), it is taken as alive.
-fn owner_gone(pid: u32, start: u64) -> bool {
+pub(crate) fn owner_gone(pid: u32, start: u64) -> bool {
     // SAFETY: kill(2) with signal 0 only checks that the pid exists; nothing is sent.
     let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
     if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
