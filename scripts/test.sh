@@ -17,7 +17,7 @@ die() { echo "test.sh: $*" >&2; exit 1; }
 
 # --- packages ------------------------------------------------------------------------------------
 pkgs=(busybox-static libseccomp-dev pkg-config uidmap docker-registry openssl apache2-utils gcc libc6-dev util-linux procps libcap2-bin hyperfine bubblewrap gnuplot-nox
-  docker.io podman)
+  docker.io podman passt slirp4netns nftables iproute2)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -41,6 +41,9 @@ id "$user" >/dev/null 2>&1 || useradd -m "$user"
 # Subordinate ids, so the rootless run covers the newuidmap range mapping too.
 grep -q "^$user:" /etc/subuid || usermod --add-subuids 300000-365535 "$user"
 grep -q "^$user:" /etc/subgid || usermod --add-subgids 300000-365535 "$user"
+# Rootless --network private needs /dev/net/tun (pasta, slirp4netns); these VMs ship it 0600,
+# most distributions 0666. Machine set-up, like the user above; nsrun says so when it is 0600.
+if [[ -c /dev/net/tun ]]; then chmod 0666 /dev/net/tun; fi
 
 # --- fixtures ------------------------------------------------------------------------------------
 state=$(mktemp -d /tmp/nsrun-test.XXXXXX)

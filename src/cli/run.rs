@@ -57,9 +57,25 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub tmpfs_size: String,
-    /// Network: none (own namespace, loopback only) or host.
+    /// Network: none (own namespace, loopback only), private (outbound NAT, safe by default) or host.
     #[arg(long, alias = "net", value_name = "MODE", default_value = "none")]
     pub network: String,
+    /// With --network private: allow only these destinations (CIDR, IP or hostname, optional
+    /// :PORT[-PORT], optional /tcp or /udp); repeatable.
+    #[arg(long, value_name = "DEST")]
+    pub egress_allow: Vec<String>,
+    /// Publish a container port on the host: [IP:]HOSTPORT:CONTAINERPORT[/udp] (IP defaults to 127.0.0.1).
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// Upstream DNS server of nsrun's forwarder (default: the host's resolvers); repeatable.
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<String>,
+    /// Add a line to /etc/hosts: NAME:IP; repeatable.
+    #[arg(long, value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
+    /// User-mode network helper of --network private: pasta (default) or slirp4netns.
+    #[arg(long, value_name = "HELPER", env = "NSRUN_NET_HELPER")]
+    pub net_helper: Option<String>,
     /// /proc: fresh (the run's own) or host-bind (nsrun's own /proc bound: weaker, the tool
     /// sees the outer processes; for containers that refuse a fresh /proc).
     #[arg(long, value_name = "MODE", default_value = "fresh")]
@@ -221,6 +237,24 @@ pub fn request(a: &RunArgs) -> Result<(Runtime, RunSpec), Failure> {
     s.tmp_size =
         Some(parse_size(&a.tmpfs_size).map_err(|e| Failure::usage(format!("--tmpfs-size: {e}")))?);
     s.network = Some(a.network.parse::<Network>().map_err(Failure::usage)?);
+    s.net.egress_allow = parse_all(&a.egress_allow)?;
+    s.net.publish = parse_all(&a.publish)?;
+    s.net.add_hosts = parse_all(&a.add_host)?;
+    s.net.dns = a
+        .dns
+        .iter()
+        .map(|d| {
+            d.parse()
+                .map_err(|_| Failure::usage(format!("invalid --dns {d:?}: expected an IP address")))
+        })
+        .collect::<Result<_, _>>()?;
+    s.net.backend = a
+        .net_helper
+        .as_deref()
+        .filter(|h| !h.is_empty())
+        .map(str::parse)
+        .transpose()
+        .map_err(Failure::usage)?;
     s.userns = a.userns.parse::<UsernsMode>().map_err(Failure::usage)?;
     s.proc = a.proc.parse().map_err(Failure::usage)?;
     s.uid_base = a.uid_base;
@@ -315,6 +349,13 @@ pub fn request(a: &RunArgs) -> Result<(Runtime, RunSpec), Failure> {
         message: e.to_string(),
     })?;
     Ok((rt, s))
+}
+
+fn parse_all<T: std::str::FromStr<Err = String>>(v: &[String]) -> Result<Vec<T>, Failure> {
+    v.iter()
+        .map(|x| x.parse::<T>())
+        .collect::<Result<_, _>>()
+        .map_err(Failure::usage)
 }
 
 fn push_env(env: &mut Vec<String>, item: &str) -> Result<(), Failure> {

@@ -121,6 +121,9 @@ pub struct RunSpec {
     pub stdin: Stdin,
     /// `None`: the runtime's default.
     pub network: Option<Network>,
+    /// Egress allowlist, published ports, DNS and extra hosts of the run's network (see
+    /// [`crate::sandbox::net`]).
+    pub net: crate::sandbox::net::NetOptions,
     pub timeout: Option<Duration>,
     /// Grace between SIGTERM and SIGKILL when the timeout fires (default 2 s).
     pub stop_timeout: Option<Duration>,
@@ -170,6 +173,7 @@ impl RunSpec {
             hostname: None,
             stdin: Stdin::Null,
             network: None,
+            net: Default::default(),
             timeout: None,
             stop_timeout: None,
             limits: None,

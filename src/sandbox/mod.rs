@@ -13,6 +13,7 @@ pub mod idmap;
 mod init;
 pub mod masks;
 mod mounts;
+pub mod net;
 pub mod plan;
 pub mod seccomp;
 pub mod spawn;

@@ -162,6 +162,11 @@ pub enum Op {
     Touch {
         path: CString,
     },
+    /// Create a file in the setup tmpfs with these contents (generated `/etc` files).
+    WriteFile {
+        path: CString,
+        data: Vec<u8>,
+    },
     Symlink {
         target: CString,
         link: CString,
@@ -251,6 +256,9 @@ impl Step {
             }),
             Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
             Op::Touch { path } => sys::touch(path, 0o644),
+            Op::WriteFile { path, data } => {
+                sys::touch(path, 0o644).and_then(|_| sys::write_file(path, data))
+            }
             Op::Symlink { target, link } => sys::symlink(target, link),
             Op::OpenRoot => sys::open_path(c"/root", libc::O_DIRECTORY)
                 .and_then(|fd| sys::move_fd(fd, fds.root.as_raw_fd())),
@@ -351,7 +359,14 @@ impl Resolved {
 
 /// Plans the whole filesystem of a run on the rootfs layers of `spec` (topmost first).
 /// `overlay_root` forces the root to be an overlay (read-only for good) even when a bind would do.
-pub fn plan(spec: &SandboxSpec, cwd: &str, overlay_root: bool) -> Result<Mounts, MountError> {
+/// `generated` files (container path, contents) are written into the child's setup tmpfs and
+/// bound read-only over the image's: the rootfs is never written and the host keeps nothing.
+pub fn plan(
+    spec: &SandboxSpec,
+    cwd: &str,
+    overlay_root: bool,
+    generated: &[(&str, Vec<u8>)],
+) -> Result<Mounts, MountError> {
     let layers = &spec.rootfs;
     for l in layers {
         if !l.is_dir() {
@@ -424,6 +439,10 @@ pub fn plan(spec: &SandboxSpec, cwd: &str, overlay_root: bool) -> Result<Mounts,
         }
         reserved(&t.path, [&proc_t.path, &sys_t.path, &dev_t.path])?;
     }
+    let generated_t = generated
+        .iter()
+        .map(|(path, data)| Ok((p.target(path, Kind::File)?, *path, data)))
+        .collect::<Result<Vec<_>, MountError>>()?;
     // A missing working directory is made (empty, read-only) in the skeleton, as Docker makes it.
     p.target(cwd, Kind::Dir)?;
 
@@ -435,6 +454,10 @@ pub fn plan(spec: &SandboxSpec, cwd: &str, overlay_root: bool) -> Result<Mounts,
     p.tmpfs(&run_t, RUN_SIZE, "/run");
     for (t, size) in &tmpfs_t {
         p.tmpfs(t, &format!("size={size},mode=1777"), &t.path);
+    }
+    // Before the volumes, so that a `-v …:/etc/hosts` of the caller's wins, as in Docker.
+    for (i, (t, shown, data)) in generated_t.iter().enumerate() {
+        p.generated(i, t, shown, data)?;
     }
     for (t, source, ro) in &binds {
         p.bind(t, source, *ro)?;
@@ -821,6 +844,38 @@ impl Planner<'_> {
         );
     }
 
+    /// Writes a generated file into the setup tmpfs and binds it read-only onto `t`.
+    fn generated(
+        &mut self,
+        i: usize,
+        t: &Resolved,
+        shown: &str,
+        data: &[u8],
+    ) -> Result<(), MountError> {
+        let path = cstr(&format!("/generated-{i}"))?;
+        self.push(
+            Op::WriteFile {
+                path: path.clone(),
+                data: data.to_vec(),
+            },
+            format!("write the run's {shown}"),
+            Tolerate::Nothing,
+        );
+        self.push(
+            mnt(Some(path), t.in_root(), None, libc::MS_BIND, None),
+            format!("bind the run's {shown}"),
+            Tolerate::Nothing,
+        );
+        self.push(
+            Op::ReadOnly {
+                target: t.in_root(),
+            },
+            format!("make {shown} read-only"),
+            Tolerate::Nothing,
+        );
+        Ok(())
+    }
+
     fn bind(&mut self, t: &Resolved, source: &Path, read_only: bool) -> Result<(), MountError> {
         let src = self.source(source)?;
         self.push(
@@ -1088,7 +1143,7 @@ mod tests {
         let mut spec = SandboxSpec::new(d.path(), ["/bin/true"]);
         spec.binds
             .push("/etc/hostname:/data/name:ro".parse().unwrap());
-        let steps = plan(&spec, "/", false).unwrap().steps;
+        let steps = plan(&spec, "/", false, &[]).unwrap().steps;
         let whats: Vec<&str> = steps.iter().map(|s| s.what.as_str()).collect();
         assert!(whats.contains(&"create mountpoint /run (missing from the rootfs)"));
         assert!(whats.contains(&"create mountpoint /data/name (missing from the rootfs)"));
@@ -1103,13 +1158,13 @@ mod tests {
 
         std::fs::create_dir(d.path().join("run")).unwrap();
         std::fs::create_dir_all(d.path().join("data/name")).unwrap();
-        let err = plan(&spec, "/", false).unwrap_err();
+        let err = plan(&spec, "/", false, &[]).unwrap_err();
         assert!(
             err.to_string().contains("cannot mount a file there"),
             "{err}"
         );
         spec.binds.clear();
-        let steps = plan(&spec, "/", false).unwrap().steps;
+        let steps = plan(&spec, "/", false, &[]).unwrap().steps;
         assert!(steps.iter().any(|s| s.what.starts_with("bind the rootfs")));
         assert!(!steps
             .iter()

@@ -11,6 +11,7 @@ use thiserror::Error;
 use super::caps::{CapSet, CapsError};
 use super::idmap::{Caller, IdMap, IdmapError};
 use super::mounts::{self, Fds, MountError, Source, Step};
+use super::net;
 use super::seccomp::{self, Filter, SeccompError};
 use super::spec::{Network, SandboxSpec, DEFAULT_PATH};
 use super::user::{self, Identity, UserError};
@@ -41,6 +42,8 @@ pub enum PlanError {
     BadCwd(String),
     #[error("--memory {0}: the minimum memory limit is 6 MiB, as in Docker (nsrun's own setup needs some)")]
     MemoryTooLow(u64),
+    #[error("{0}")]
+    Net(#[from] net::parent::NetError),
     #[error("argument or variable contains a NUL byte: {0:?}")]
     Nul(String),
     #[error("invalid run id {0:?}: expected 12 to 64 lowercase hex digits")]
@@ -95,6 +98,8 @@ pub struct Plan {
     pub setup_ids: (u32, u32),
     pub hostname: Vec<u8>,
     pub loopback_up: bool,
+    /// A private run's network, attached by the parent after clone.
+    pub net: Option<net::parent::NetPlan>,
     pub exec: Exec,
     pub caps: CapSet,
     /// The kernel's highest capability number, read here so the child need not.
@@ -194,7 +199,18 @@ impl Plan {
         // With CAP_SYS_ADMIN the tool could remount a bound rootfs read-write and write into
         // the cache other runs share; an overlay without an upper layer cannot be made writable.
         let sys_admin = caps.contains(super::caps::CAP_SYS_ADMIN);
-        let mounts = mounts::plan(spec, &cwd, sys_admin)?;
+        // NET_ADMIN in the run's user namespace could flush the egress filter; with SYS_ADMIN the
+        // tool lives in a nested user namespace that has no say over the network namespace.
+        let net_admin =
+            super::caps::cap_from_name("NET_ADMIN").is_some_and(|c| caps.contains(c)) && !sys_admin;
+        let net = net::parent::plan(spec.network, &spec.net, net_admin)?;
+        let generated = if spec.network == Network::Host {
+            Vec::new()
+        } else {
+            let host_internal = net.as_ref().and_then(|n| n.policy.host_internal);
+            net::files::generate(net.is_some(), &spec.net, &hostname, host_internal)
+        };
+        let mounts = mounts::plan(spec, &cwd, sys_admin, &generated)?;
         let seccomp = seccomp::compile(&spec.seccomp, caps, spec.state_dir.as_deref())?;
         let env = environment(&spec.env, &hostname, &ident)?;
         // Supplementary groups the namespace cannot express are left out (setgroups would fail).
@@ -219,7 +235,7 @@ impl Plan {
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS;
-        if spec.network == Network::None {
+        if spec.network != Network::Host {
             clone_flags |= libc::CLONE_NEWNET;
         }
         let nest = sys_admin.then(|| Nest::identity(&idmap));
@@ -232,7 +248,8 @@ impl Plan {
             mount_fds: mounts.fds,
             setup_ids,
             hostname: hostname.into_bytes(),
-            loopback_up: spec.network == Network::None,
+            loopback_up: spec.network != Network::Host,
+            net,
             exec,
             caps,
             last_cap: super::caps::last_cap(),
@@ -260,6 +277,9 @@ pub fn check(spec: &SandboxSpec) -> Result<(), PlanError> {
         check_hostname(h)?;
     }
     let caps = CapSet::resolve(&spec.cap_add, &spec.cap_drop)?;
+    let net_admin = super::caps::cap_from_name("NET_ADMIN").is_some_and(|c| caps.contains(c))
+        && !caps.contains(super::caps::CAP_SYS_ADMIN);
+    net::parent::plan(spec.network, &spec.net, net_admin)?;
     if matches!(spec.seccomp, seccomp::SeccompSource::File(_)) {
         seccomp::compile(&spec.seccomp, caps, spec.state_dir.as_deref())?;
     }

@@ -17,6 +17,7 @@ use super::cgroup::{self, CgroupError, Enforcement};
 use super::child::{self, ChildFds, Report, Stage, REPORT_SIZE};
 use super::diagnose::{self, HostFacts};
 use super::init::{FORWARDED, WAITED};
+use super::net;
 use super::plan::{new_run_id, Plan, PlanError};
 use super::spec::SandboxSpec;
 use super::sys;
@@ -26,6 +27,8 @@ use super::sys;
 pub enum RunError {
     #[error("{0}")]
     Plan(#[from] PlanError),
+    #[error("{0}")]
+    Net(#[from] net::parent::NetError),
     #[error("cgroup: {0}")]
     Cgroup(#[from] CgroupError),
     #[error("{0}")]
@@ -233,6 +236,9 @@ pub fn run_observed(
     let mut plan = Plan::build(spec, &run_id)?;
     let enforcement = cgroup::setup(&spec.limits, &run_id)?;
     let mut notes = Vec::new();
+    if let Some(n) = plan.net.as_ref().and_then(|n| n.notice.clone()) {
+        notes.push(n);
+    }
     let (rlimits, unenforced) = match &enforcement {
         Enforcement::Rlimits {
             rlimits,
@@ -303,6 +309,11 @@ pub fn run_observed(
     // while we attach it to its cgroup (the first write to a v1 cgroup.procs waits for an RCU
     // grace period, milliseconds); the second once it is attached, before anything is forked.
     plan.idmap.write(pid)?;
+    // Opened before the child changes its credentials, while we may still reach its /proc.
+    let namespaces = match &plan.net {
+        Some(_) => Some(net::parent::open_namespaces(pid)?),
+        None => None,
+    };
     let release = |what| {
         sys::write_all(sync_w.as_raw_fd(), &[1]).map_err(|e| RunError::Sys {
             what,
@@ -313,6 +324,11 @@ pub fn run_observed(
     if let Enforcement::Cgroup(cg) = &enforcement {
         cg.add_pid(pid)?;
     }
+    // The filter, the DNS forwarder and the user-mode helper, before the tool can start.
+    let _network = match (&plan.net, namespaces) {
+        (Some(np), Some((userns, netns))) => Some(net::parent::attach(np, userns, netns)?),
+        _ => None,
+    };
     release("release the sandbox into its cgroup")?;
     // `sync_w` stays open until the run ends: the child watches it to notice our death.
 

@@ -47,6 +47,9 @@ pub struct SandboxSpec {
     pub tmp_size: u64,
     /// Network mode.
     pub network: Network,
+    /// Egress allowlist, published ports, DNS and extra hosts (see [`super::net`]).
+    #[serde(default)]
+    pub net: super::net::NetOptions,
     /// How container ids map to host ids.
     pub userns: UsernsMode,
     /// Host uid/gid that container id 0 maps to when running as root (see [`super::idmap`]).
@@ -108,6 +111,7 @@ impl SandboxSpec {
             tmpfs: Vec::new(),
             tmp_size: DEFAULT_TMP_SIZE,
             network: Network::None,
+            net: Default::default(),
             userns: UsernsMode::Auto,
             root_id_base: None,
             limits: Limits::default(),
@@ -268,6 +272,10 @@ pub enum Network {
     None,
     /// Share the caller's network namespace.
     Host,
+    /// A fresh network namespace with user-mode NAT to the outside (pasta or slirp4netns),
+    /// an egress filter that keeps the host, link-local and private ranges out unless allowed,
+    /// and nsrun's DNS forwarder.
+    Private,
 }
 
 impl std::str::FromStr for Network {
@@ -276,8 +284,9 @@ impl std::str::FromStr for Network {
         match s {
             "none" => Ok(Network::None),
             "host" => Ok(Network::Host),
+            "private" => Ok(Network::Private),
             other => Err(format!(
-                "unsupported network mode {other:?}: expected none or host"
+                "unsupported network mode {other:?}: expected none, host or private"
             )),
         }
     }
