@@ -486,6 +486,17 @@ fn private_mode_against_a_fake_internet() {
     assert!(out.contains("REFUSED"), "{out}");
     assert!(out.contains("direct=1"), "{out}");
 
+    // An allowed name that does not exist is refused before anything starts, in one line.
+    let mut f = vec!["--network", "private", "--egress-allow", "nosuch.test:443"];
+    f.extend(dns_flags);
+    let o = sh(&f, "echo ran");
+    assert_code(&o, 125);
+    assert!(!stdout(&o).contains("ran"), "{}", stdout(&o));
+    assert_eq!(
+        stderr(&o).trim_end(),
+        "nsrun: --egress-allow nosuch.test: the name does not exist (NXDOMAIN from 198.51.100.2)",
+    );
+
     // A name that resolves to a private address stays unreachable (DNS rebinding).
     let mut f = vec!["--network", "private", "--egress-allow", "rebind.test"];
     f.extend(dns_flags);

@@ -206,6 +206,57 @@ pub fn handle(query: &[u8], policy: &Policy, allow: &mut dyn Allow) -> Option<Ve
     Some(reply)
 }
 
+/// A query for the A record of `name` (`id` as its id), or `None` for a name DNS cannot carry.
+pub fn query_a(name: &str, id: u16) -> Option<Vec<u8>> {
+    let name = name.trim_end_matches('.');
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return None;
+        }
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&1u16.to_be_bytes()); // A
+    q.extend_from_slice(&1u16.to_be_bytes()); // IN
+    (q.len() <= 12 + 255 + 4).then_some(q)
+}
+
+/// The upstream that says `name` does not exist (NXDOMAIN), asked with a short timeout; `None`
+/// when it exists, or when no upstream answers (then the run decides, as the tool's own lookups
+/// will). For refusing an allowlisted name that never resolves before the run starts.
+pub fn nonexistent(name: &str, upstream: &[IpAddr], timeout: Duration) -> Option<IpAddr> {
+    let query = query_a(name, 0x6e73)?;
+    // The first upstream that answers decides; RCODE 3 means the name does not exist.
+    let (server, reply) = upstream
+        .iter()
+        .find_map(|server| ask(&query, *server, timeout).map(|r| (*server, r)))?;
+    (reply[3] & 0x0f == 3).then_some(server)
+}
+
+/// One query to one server over UDP: the reply with the query's id, or `None` by `timeout`.
+fn ask(query: &[u8], server: IpAddr, timeout: Duration) -> Option<Vec<u8>> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().expect("addr")
+    } else {
+        "[::]:0".parse().expect("addr")
+    };
+    let sock = UdpSocket::bind(bind).ok()?;
+    sock.set_read_timeout(Some(timeout)).ok()?;
+    sock.connect((server, 53)).ok()?;
+    sock.send(query).ok()?;
+    let mut buf = vec![0u8; 4096];
+    while let Ok(n) = sock.recv(&mut buf) {
+        if n >= 12 && buf[..2] == query[..2] {
+            buf.truncate(n);
+            return Some(buf);
+        }
+    }
+    None
+}
+
 /// Sends `query` to each upstream in turn; the first answer with the same id wins.
 fn forward(query: &[u8], upstream: &[IpAddr]) -> Option<Vec<u8>> {
     for server in upstream {
@@ -243,6 +294,15 @@ pub fn nameservers(text: &str) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queries_are_well_formed() {
+        let q = query_a("example.test.", 7).unwrap();
+        assert_eq!(question(&q).unwrap().name, "example.test");
+        assert_eq!(&q[..2], &[0, 7]);
+        assert!(query_a("a..b", 1).is_none());
+        assert!(query_a(&"x".repeat(64), 1).is_none());
+    }
 
     fn query(name: &str, qtype: u16) -> Vec<u8> {
         let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];

@@ -42,6 +42,8 @@ pub enum NetError {
         "--cap-add NET_ADMIN would let the tool remove the egress filter of --network private"
     )]
     NetAdmin,
+    #[error("--egress-allow {0}: the name does not exist (NXDOMAIN from {1})")]
+    NoSuchName(String, IpAddr),
     #[error("-p {0}: the port is in use on the host ({1})")]
     PortInUse(String, std::io::Error),
     #[error("{0}: {1}")]
@@ -118,6 +120,21 @@ pub fn plan(
     } else {
         opts.dns.clone()
     };
+    // An allowed name that does not exist is a typo the tool would only meet as a failed lookup
+    // mid-run: refuse it now, in one line. Wildcards cannot be asked; an upstream that does not
+    // answer (within a second) refuses nothing.
+    for r in &opts.egress_allow {
+        if let Dest::Host(name) = &r.dest {
+            if r.is_host_internal() || name.starts_with("*.") {
+                continue;
+            }
+            if let Some(server) =
+                dns::nonexistent(name, &upstream, std::time::Duration::from_secs(1))
+            {
+                return Err(NetError::NoSuchName(name.clone(), server));
+            }
+        }
+    }
     let policy = Policy {
         allowlist: !opts.egress_allow.is_empty(),
         sets,
