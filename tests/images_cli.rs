@@ -580,3 +580,33 @@ fn credentials_from_a_file_or_stdin() {
     let o = run(&tmp.path().join("c6"), &["run", "--help"]);
     assert!(text(&o).contains("--creds-file") && text(&o).contains("--password-stdin"));
 }
+
+/// podman's habit: `nsrun --root DIR pull IMAGE` pulls into DIR (it was taken for `nsrun run` of
+/// an image named "pull", which then went looking for docker.io/library/pull).
+#[test]
+fn root_before_the_subcommand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let img = Image::simple("amd64", "global");
+    write_oci_layout(&layout, &[(&img, Some("v1"))], None);
+    let cache = tmp.path().join("cache");
+    let reference = format!("oci:{}:v1", layout.display());
+    let o = Command::new(env!("CARGO_BIN_EXE_nsrun"))
+        .args(["--root", cache.to_str().unwrap(), "pull", "-q", &reference])
+        .env_remove("NSRUN_ROOT")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), img.digest());
+    let o = Command::new(env!("CARGO_BIN_EXE_nsrun"))
+        .args([&format!("--root={}", cache.display()), "images", "-q"])
+        .env_remove("NSRUN_ROOT")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        img.digest(),
+        "{}",
+        text(&o)
+    );
+}

@@ -59,6 +59,40 @@ const SUBCOMMANDS: &[&str] = &[
     "run", "help", "pull", "images", "inspect", "rmi", "gc", "doctor",
 ];
 
+/// Options that podman takes before the subcommand (`podman --root DIR pull IMAGE`), each with
+/// its value; nsrun's subcommands take them after it.
+const LEADING_OPTIONS: &[&str] = &["--root", "--registry-ca", "--insecure-registry"];
+
+/// The command line with a subcommand in second place: leading [`LEADING_OPTIONS`] are moved
+/// behind the subcommand that follows them, and a line without one is `nsrun run …`
+/// (`nsrun IMAGE -- CMD`, `nsrun --rootfs DIR -- CMD`). So the shorthand never takes a
+/// subcommand's name, or an option's value, for an image.
+fn with_subcommand(mut args: Vec<String>) -> Vec<String> {
+    if args.len() < 2 {
+        return args;
+    }
+    // Skip the leading options (with their values, `--opt VALUE` or `--opt=VALUE`).
+    let mut i = 1;
+    while let Some(a) = args.get(i) {
+        let name = a.split('=').next().unwrap_or(a);
+        if !LEADING_OPTIONS.contains(&name) {
+            break;
+        }
+        i += if a.contains('=') { 1 } else { 2 };
+    }
+    let i = i.min(args.len());
+    match args.get(i) {
+        Some(sub) if SUBCOMMANDS.contains(&sub.as_str()) => {
+            let sub = args.remove(i);
+            args.insert(1, sub);
+        }
+        Some(first) if i == 1 && matches!(first.as_str(), "-h" | "--help" | "-V" | "--version") => {
+        }
+        _ => args.insert(1, "run".into()),
+    }
+    args
+}
+
 /// A clap error as the one line nsrun prints for every error: clap's first line, its tip if it
 /// has one, and where to read more (clap's own rendering takes three to five lines).
 fn one_line(e: &clap::Error) -> String {
@@ -76,14 +110,8 @@ fn one_line(e: &clap::Error) -> String {
 }
 
 /// Parses `args` (including argv[0]) and runs the command; returns the exit status.
-pub fn main(mut args: Vec<String>) -> i32 {
-    // `nsrun IMAGE -- CMD` and `nsrun --rootfs DIR -- CMD` are `nsrun run …`.
-    if let Some(first) = args.get(1) {
-        let is_global = matches!(first.as_str(), "-h" | "--help" | "-V" | "--version");
-        if !is_global && !SUBCOMMANDS.contains(&first.as_str()) {
-            args.insert(1, "run".into());
-        }
-    }
+pub fn main(args: Vec<String>) -> i32 {
+    let args = with_subcommand(args);
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         // --help and --version: clap's own output, on stdout.
@@ -110,6 +138,61 @@ pub fn main(mut args: Vec<String>) -> i32 {
         Err(f) => {
             eprintln!("nsrun: {}", f.message);
             f.code
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(s: &str) -> Vec<String> {
+        with_subcommand(s.split_whitespace().map(String::from).collect())
+            .into_iter()
+            .skip(1)
+            .collect()
+    }
+
+    #[test]
+    fn leading_options_go_behind_the_subcommand() {
+        assert_eq!(
+            line("nsrun --root /c pull alpine"),
+            ["pull", "--root", "/c", "alpine"]
+        );
+        assert_eq!(line("nsrun --root=/c images"), ["images", "--root=/c"]);
+        assert_eq!(
+            line("nsrun --root /c --insecure-registry r:5000 pull r:5000/a"),
+            [
+                "pull",
+                "--root",
+                "/c",
+                "--insecure-registry",
+                "r:5000",
+                "r:5000/a"
+            ]
+        );
+        // The shorthand: whatever is not a subcommand runs, options included.
+        assert_eq!(
+            line("nsrun --root /c alpine id"),
+            ["run", "--root", "/c", "alpine", "id"]
+        );
+        assert_eq!(line("nsrun alpine -- id"), ["run", "alpine", "--", "id"]);
+        assert_eq!(
+            line("nsrun --rootfs /r -- id"),
+            ["run", "--rootfs", "/r", "--", "id"]
+        );
+        assert_eq!(line("nsrun gc"), ["gc"]);
+        assert_eq!(line("nsrun --help"), ["--help"]);
+        assert_eq!(line("nsrun --root"), ["run", "--root"]);
+        // An image named like a subcommand needs `run`.
+        assert_eq!(line("nsrun run pull"), ["run", "pull"]);
+    }
+
+    #[test]
+    fn every_subcommand_is_known_to_the_shorthand() {
+        use clap::CommandFactory;
+        for sub in Cli::command().get_subcommands() {
+            assert!(SUBCOMMANDS.contains(&sub.get_name()), "{}", sub.get_name());
         }
     }
 }
