@@ -259,28 +259,9 @@ fn ask(query: &[u8], server: IpAddr, timeout: Duration) -> Option<Vec<u8>> {
 
 /// Sends `query` to each upstream in turn; the first answer with the same id wins.
 fn forward(query: &[u8], upstream: &[IpAddr]) -> Option<Vec<u8>> {
-    for server in upstream {
-        let bind: SocketAddr = if server.is_ipv4() {
-            "0.0.0.0:0".parse().expect("addr")
-        } else {
-            "[::]:0".parse().expect("addr")
-        };
-        let Ok(sock) = UdpSocket::bind(bind) else {
-            continue;
-        };
-        let _ = sock.set_read_timeout(Some(Duration::from_secs(3)));
-        if sock.connect((*server, 53)).is_err() || sock.send(query).is_err() {
-            continue;
-        }
-        let mut buf = vec![0u8; 4096];
-        while let Ok(n) = sock.recv(&mut buf) {
-            if n >= 12 && buf[..2] == query[..2] {
-                buf.truncate(n);
-                return Some(buf);
-            }
-        }
-    }
-    None
+    upstream
+        .iter()
+        .find_map(|server| ask(query, *server, Duration::from_secs(3)))
 }
 
 /// The nameservers of a resolv.conf text.
