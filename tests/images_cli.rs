@@ -610,3 +610,29 @@ fn root_before_the_subcommand() {
         text(&o)
     );
 }
+
+/// Docker's spellings: `images --format json`, `inspect --format json`; and `run --read-only
+/// --init`, which nsrun always is and does, are accepted rather than refused.
+#[test]
+fn docker_format_and_always_on_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let img = Image::simple("amd64", "fmt");
+    write_oci_layout(&layout, &[(&img, Some("v1"))], None);
+    let cache = tmp.path().join("cache");
+    let reference = format!("oci:{}:v1", layout.display());
+    assert!(run(&cache, &["pull", "-q", &reference]).status.success());
+    let o = run(&cache, &["images", "--format", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list[0]["digest"], img.digest());
+    let o = run(&cache, &["inspect", "--format", "json", &reference]);
+    assert!(o.status.success(), "{}", text(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["digest"], img.digest());
+    let o = run(&cache, &["images", "--format", "yaml"]);
+    assert_one_line_125(&o, "yaml");
+    let o = run(&cache, &["run", "--read-only", "--init", "--help"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("--read-only") && text(&o).contains("--init"));
+}

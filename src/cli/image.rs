@@ -260,9 +260,12 @@ pub struct ImagesArgs {
     /// Directory for nsrun's image cache (default: see README).
     #[arg(long, value_name = "DIR", env = "NSRUN_ROOT")]
     pub root: Option<PathBuf>,
-    /// Print JSON (one array) instead of a table.
+    /// Print JSON (one array) instead of a table (`--format json` says the same).
     #[arg(long)]
     pub json: bool,
+    /// Output format: `json` (as --json) or `table` (the default).
+    #[arg(long, value_name = "FORMAT", value_parser = ["json", "table"])]
+    pub format: Option<String>,
     /// Print only digests.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -274,7 +277,7 @@ fn open(root: &Option<PathBuf>) -> Result<Store, Failure> {
 
 pub fn images(a: ImagesArgs) -> Result<i32, Failure> {
     let list = open(&a.root)?.list().map_err(fail)?;
-    if a.json {
+    if a.json || a.format.as_deref() == Some("json") {
         println!("{}", serde_json::to_string_pretty(&list).map_err(fail)?);
         return Ok(0);
     }
@@ -333,6 +336,9 @@ fn human(n: u64) -> String {
 pub struct InspectArgs {
     #[command(flatten)]
     pub image: ImageOpts,
+    /// Output format: `json`, the only one (accepted as docker and podman take it).
+    #[arg(long, value_name = "FORMAT", value_parser = ["json"])]
+    pub format: Option<String>,
     #[arg(value_name = "IMAGE")]
     pub reference: String,
 }

@@ -127,6 +127,12 @@ pub struct RunArgs {
     /// Accepted for Docker compatibility: nothing of a run is ever kept.
     #[arg(long)]
     pub rm: bool,
+    /// Accepted for Docker compatibility: the root filesystem is always read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Accepted for Docker compatibility: nsrun's own pid 1 always forwards signals and reaps.
+    #[arg(long)]
+    pub init: bool,
     /// Override the image's entrypoint ("" clears it).
     #[arg(long, value_name = "CMD")]
     pub entrypoint: Option<String>,
