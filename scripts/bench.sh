@@ -345,6 +345,9 @@ bench() {
     { cat "$work/$scenario.log" >&2; die "scenario $scenario failed"; }
 }
 
+# The crun/runc bundle of a command is named after a short hash of it (see bundle_for).
+cmd_hash() { echo "$1" | md5sum | cut -c1-6; }
+
 # startup_rows CMD...: the warm-start rows for one command
 startup_rows() {
   local c="$*" rows=()
@@ -362,8 +365,8 @@ startup_rows() {
     local b
     for b in crun runc; do
       have $b || continue
-      rows+=("$b" "$b --root $work/state-$b run --bundle $work/b-$b-$(echo "$c" | md5sum | cut -c1-6) x")
-      rows+=("$b rootless" "$asuser $b --root $work/xdg/state-$b run --bundle $work/b-$b-u-$(echo "$c" | md5sum | cut -c1-6) x")
+      rows+=("$b" "$b --root $work/state-$b run --bundle $work/b-$b-$(cmd_hash "$c") x")
+      rows+=("$b rootless" "$asuser $b --root $work/xdg/state-$b run --bundle $work/b-$b-u-$(cmd_hash "$c") x")
     done
   fi
   rows+=("bwrap" "bwrap --unshare-all --ro-bind $work/busybox / --proc /proc --dev /dev --tmpfs /tmp -- $c")
@@ -374,7 +377,7 @@ startup_rows() {
 # Bundles per command (crun/runc take the command from config.json).
 bundle_for() {
   local c=$1 h b
-  h=$(echo "$c" | md5sum | cut -c1-6)
+  h=$(cmd_hash "$c")
   for b in crun runc; do
     have $b || continue
     for v in "" "-u"; do
@@ -412,7 +415,7 @@ if want confined; then
     have crun && rows+=("crun" "crun --root $work/state-crun run --bundle $work/b-crun-c x")
     have runc && rows+=("runc" "runc --root $work/state-runc run --bundle $work/b-runc-c x")
   fi
-  have crun && rows+=("crun unconfined" "crun --root $work/state-crun run --bundle $work/b-crun-$(echo true | md5sum | cut -c1-6) x")
+  have crun && rows+=("crun unconfined" "crun --root $work/state-crun run --bundle $work/b-crun-$(cmd_hash true) x")
   bench confined -N --warmup 3 --runs "$runs" -- "${rows[@]}"
 fi
 
@@ -424,7 +427,7 @@ if want concurrent; then
     local b=$1 i
     for i in $(seq "$n"); do
       mkdir -p "$work/conc-$b/$i"
-      python3 - "$work/b-$b-$(echo true | md5sum | cut -c1-6)/config.json" "$work/conc-$b/$i/config.json" "$i" <<'PY'
+      python3 - "$work/b-$b-$(cmd_hash true)/config.json" "$work/conc-$b/$i/config.json" "$i" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))
 if "cgroupsPath" in c["linux"]:

@@ -77,7 +77,7 @@ fn read_only_mounts_stay_read_only_with_sys_admin() {
                   mount -o remount,rw /sys; mount -o remount,rw /proc/sys; \
                   grep -c . /proc/self/mountinfo; \
                   awk '$5==\"/\"||$5==\"/sys\"||$5==\"/proc/sys\"||$5==\"/data\"{print $5, $6}' \
-                  /proc/self/mountinfo";
+                  /proc/self/mountinfo; [ -e /rootfs-written ] && echo ROOTFS-WRITTEN";
     let rw = format!("{}:/data", vol.display());
     let ro = format!("{rw}:ro");
     // Control: without :ro the same tool can write, so a refusal below is the mount's doing.
@@ -113,13 +113,22 @@ fn read_only_mounts_stay_read_only_with_sys_admin() {
             count >= mounts,
             "{extra:?}: a mount was removed ({count} < {mounts}):\n{out}"
         );
-        for l in lines {
+        assert!(
+            !out.contains("ROOTFS-WRITTEN"),
+            "{extra:?}: the rootfs was written"
+        );
+        let watched: Vec<&str> = lines.collect();
+        assert_eq!(
+            watched.len(),
+            4,
+            "{extra:?}: /, /sys, /proc/sys, /data:\n{out}"
+        );
+        for l in watched {
             assert!(
                 l.split(' ').nth(1).unwrap_or("").starts_with("ro"),
                 "{extra:?}: {l}"
             );
         }
-        assert!(!out.contains("rootfs-written"));
     }
 }
 
