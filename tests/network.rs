@@ -10,6 +10,7 @@
 //! `host.nsrun.internal`.
 
 mod common;
+mod confine_common;
 use common::*;
 
 use std::io::{Read, Write};
@@ -221,6 +222,159 @@ fn published_ports_reach_a_server_inside() {
     assert!(ok, "{body}");
 }
 
+/// UDP publishes too, behind either helper (nsrun relays it): datagrams to the host port reach
+/// a server inside, and its answers come back to each client (busybox has no UDP server, so the
+/// probe's `udpecho` is the server).
+#[test]
+fn published_udp_ports_reach_a_server_inside() {
+    let probe = confine_common::probe();
+    let vol = format!("{}:/probe:ro", probe.display());
+    for helper in ["pasta", "slirp4netns"] {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spec = format!("127.0.0.1:{port}:5353/udp");
+        let tok = token("publish-udp");
+        let mut child = spawn_ready(
+            &[
+                "--network",
+                "private",
+                "--net-helper",
+                helper,
+                "-p",
+                &spec,
+                "-v",
+                &vol,
+                "--timeout",
+                "30",
+            ],
+            "exec /probe udpecho 5353 50",
+            &tok,
+        );
+        let clients: Vec<UdpSocket> = (0..2)
+            .map(|_| {
+                let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+                c.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                c
+            })
+            .collect();
+        let mut got = Vec::new();
+        for (i, client) in clients.iter().enumerate() {
+            let msg = format!("ping{i}");
+            let ok = wait_until(Duration::from_secs(10), || {
+                let _ = client.send_to(msg.as_bytes(), ("127.0.0.1", port));
+                let mut buf = [0u8; 64];
+                client.recv(&mut buf).is_ok_and(|n| {
+                    got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    true
+                })
+            });
+            assert!(ok, "{helper}: no answer through the published UDP port");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(got, ["echo:ping0", "echo:ping1"], "{helper}");
+    }
+}
+
+/// The refusals of a machine set up differently, each one line with exit 125: neither helper
+/// installed (naming the Debian package), the requested one missing, and rootless with
+/// `/dev/net/tun` 0600. As root, a private mount namespace hides the helpers (a character device
+/// bound over each) or swaps in a 0600 tun device; the last run drops to the test user.
+#[test]
+fn missing_helpers_and_a_closed_tun_are_one_line_refusals() {
+    if !is_root() {
+        // A user cannot mount over /usr/bin; the root pass covers the rootless refusal too.
+        return;
+    }
+    let hide = |paths: &[&str]| -> String {
+        paths
+            .iter()
+            .filter(|p| std::path::Path::new(p).exists())
+            .map(|p| format!("mount --bind /dev/null {p} && "))
+            .collect()
+    };
+    let in_ns = |setup: &str, prefix: &str, flags: &str| {
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "{setup}exec {prefix} \"$0\" run --rootfs \"$1\" --network private {flags} -- true"
+            ))
+            .arg(nsrun_bin())
+            .arg(rootfs())
+            .output()
+            .expect("unshare(1)")
+    };
+    let both = hide(&[
+        "/usr/bin/pasta",
+        "/usr/bin/slirp4netns",
+        "/usr/local/bin/pasta",
+    ]);
+    for (setup, flags, want) in [
+        (
+            both.as_str(),
+            "",
+            "nsrun: --network private needs pasta, which is not installed (Debian package passt)",
+        ),
+        (
+            both.as_str(),
+            "--net-helper slirp4netns",
+            "nsrun: --network private needs slirp4netns, which is not installed (Debian package slirp4netns)",
+        ),
+    ] {
+        let o = in_ns(setup, "", flags);
+        assert_code(&o, 125);
+        assert_eq!(stderr(&o).trim_end(), want, "{flags}");
+    }
+    // Only pasta missing: slirp4netns stands in, said once.
+    let o = in_ns(&hide(&["/usr/bin/pasta", "/usr/local/bin/pasta"]), "", "");
+    assert_code(&o, 0);
+    assert!(stderr(&o).contains("pasta not found"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+
+    // Rootless with /dev/net/tun 0600: the binary and rootfs must be readable by the user.
+    if Command::new("id")
+        .arg("nsrun-test")
+        .output()
+        .is_ok_and(|o| !o.status.success())
+    {
+        assert!(!in_ci(), "CI creates the user nsrun-test");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nsrun-tun-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("nsrun");
+    std::fs::copy(nsrun_bin(), &bin).unwrap();
+    let closed = dir.join("tun");
+    std::fs::write(&closed, "").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {} /dev/net/tun && exec setpriv --reuid=nsrun-test --regid=nsrun-test --init-groups env -i PATH=/usr/bin:/bin \"$0\" run --rootfs \"$1\" --network private -- true",
+            closed.display()
+        ))
+        .arg(&bin)
+        .arg(rootfs())
+        .output()
+        .expect("unshare(1)");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_code(&o, 125);
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("nsrun: /dev/net/tun is not readable and writable by this user"),
+        "{err}"
+    );
+    assert!(err.contains("chmod 0666 /dev/net/tun"), "{err}");
+}
+
 /// The helper belongs to the run: gone after a normal end, a timeout, and a SIGKILL of nsrun;
 /// never started for `none` or `host`.
 #[test]
@@ -327,13 +481,14 @@ impl FakeInternet {
 
         // Sockets stay in the namespace they were made in: bind them from a thread that joined it.
         let path = format!("/run/netns/{name}");
-        let (tcp4, tcp6, udp) = std::thread::spawn(move || {
+        let (tcp4, tcp6, udp, dns_tcp) = std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).unwrap();
             nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             (
                 TcpListener::bind("0.0.0.0:80").unwrap(),
                 TcpListener::bind("[2001:db8:1::2]:80").unwrap(),
                 UdpSocket::bind("198.51.100.2:53").unwrap(),
+                TcpListener::bind("198.51.100.2:53").unwrap(),
             )
         })
         .join()
@@ -341,6 +496,7 @@ impl FakeInternet {
         serve_http(tcp4, "inet");
         serve_http(tcp6, "inet");
         std::thread::spawn(move || serve_dns(udp));
+        std::thread::spawn(move || serve_dns_tcp(dns_tcp));
         fi
     }
 }
@@ -354,8 +510,33 @@ impl Drop for FakeInternet {
     }
 }
 
-/// The fake internet's DNS: example.test, other.test, and rebind.test (a public-looking name
-/// with a private address).
+/// The fake internet's answer to `q`: example.test, other.test, rebind.test (a public-looking
+/// name with a private address) and big.test (40 addresses, too many for a 512-byte UDP answer;
+/// the last one is other.test's).
+fn dns_answer(q: &[u8]) -> Option<Vec<u8>> {
+    let question = dns::question(q)?;
+    let addr: Option<IpAddr> = match question.name.as_str() {
+        "example.test" => Some("198.51.100.2".parse().unwrap()),
+        "other.test" => Some("198.51.100.3".parse().unwrap()),
+        "rebind.test" => Some("10.77.0.2".parse().unwrap()),
+        "big.test" => {
+            let mut r = dns::reply_error(q, &question, 0);
+            r[7] = 40;
+            for i in 0..40u8 {
+                let last = if i == 39 { 3 } else { 100 + i };
+                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 51, 100, last]);
+            }
+            return Some(r);
+        }
+        _ => None,
+    };
+    Some(match addr {
+        Some(a) => dns::reply_address(q, &question, a, 60),
+        None => dns::reply_error(q, &question, 3),
+    })
+}
+
+/// DNS over UDP: answers over 512 bytes are truncated (TC set, no records), as without EDNS.
 fn serve_dns(sock: UdpSocket) {
     let mut buf = [0u8; 1500];
     loop {
@@ -363,21 +544,46 @@ fn serve_dns(sock: UdpSocket) {
             return;
         };
         let q = &buf[..n];
-        let Some(question) = dns::question(q) else {
+        let Some(mut reply) = dns_answer(q) else {
             continue;
         };
-        let addr: Option<IpAddr> = match question.name.as_str() {
-            "example.test" => Some("198.51.100.2".parse().unwrap()),
-            "other.test" => Some("198.51.100.3".parse().unwrap()),
-            "rebind.test" => Some("10.77.0.2".parse().unwrap()),
-            _ => None,
-        };
-        let reply = match addr {
-            Some(a) => dns::reply_address(q, &question, a, 60),
-            None => dns::reply_error(q, &question, 3),
-        };
+        if reply.len() > 512 {
+            let end = dns::question(q).unwrap().end;
+            reply.truncate(end);
+            reply[2] |= 0x02;
+            reply[6..12].fill(0);
+        }
         let _ = sock.send_to(&reply, from);
     }
+}
+
+/// DNS over TCP: two-byte length in front of every message.
+fn serve_dns_tcp(listener: TcpListener) {
+    for conn in listener.incoming() {
+        let Ok(mut c) = conn else { continue };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        loop {
+            let mut len = [0u8; 2];
+            if c.read_exact(&mut len).is_err() {
+                break;
+            }
+            let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+            if c.read_exact(&mut q).is_err() {
+                break;
+            }
+            let Some(reply) = dns_answer(&q) else { break };
+            let mut out = (reply.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(&reply);
+            if c.write_all(&out).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// A shell `printf` argument that writes `bytes` (octal escapes: busybox printf has no `\x`).
+fn printf_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:03o}")).collect()
 }
 
 #[test]
@@ -527,6 +733,36 @@ fn private_mode_against_a_fake_internet() {
     );
     assert!(stdout(&o).starts_with("1\n"), "{}", stdout(&o));
     assert!(!stdout(&o).contains("hello"), "{}", stdout(&o));
+
+    // A truncated UDP answer is retried over TCP: the forwarder takes TCP queries, asks the
+    // upstream over TCP and allows every address of the whole answer (other.test's address is
+    // the 40th, past what fits in 512 bytes).
+    let q = dns::query_a("big.test", 0x4242).unwrap();
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    let mut f = vec!["--network", "private", "--egress-allow", "big.test:80"];
+    f.extend(dns_flags);
+    let o = sh(
+        &f,
+        &format!(
+            "{}nslookup -type=a big.test >/dev/null 2>&1; {}printf '{}' | timeout 5 nc 127.0.0.53 53 | wc -c; {}",
+            fetch("198.51.100.3", 80),
+            fetch("198.51.100.3", 80),
+            printf_bytes(&framed),
+            fetch("198.51.100.3", 80),
+        ),
+    );
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines[0].contains("hello"), "before any lookup: {out}");
+    assert!(
+        !lines[1].contains("hello"),
+        "after the truncated UDP answer: {out}"
+    );
+    let size: usize = lines[2].trim().parse().unwrap_or(0);
+    assert_eq!(size, 2 + q.len() + 40 * 16, "TCP answer: {out}");
+    assert_eq!(lines[3], "hello-inet", "after the TCP answer: {out}");
 }
 
 /// The filter and the routes belong to the run's user namespace, where the tool holds no

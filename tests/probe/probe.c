@@ -15,6 +15,8 @@
  *   probe memhog MIB        allocates and touches MIB MiB, 1 MiB at a time; prints progress
  *   probe fill PATH         writes PATH 1 MiB at a time until a write fails; prints "fill BYTES ERRNO"
  *   probe mkdir PATH        prints "mkdir ERRNO"
+ *   probe udpecho PORT N    binds UDP 0.0.0.0:PORT, prints "ready", answers N datagrams with
+ *                           "echo:" and the datagram (busybox has no UDP server to publish)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -34,6 +36,7 @@
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #ifndef AF_VSOCK
@@ -525,6 +528,28 @@ static int mode_fill(const char *path)
 	return 0;
 }
 
+static int mode_udpecho(long port, long count)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((unsigned short)port) };
+	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+		printf("udpecho %s\n", ename(errno));
+		return 1;
+	}
+	printf("ready\n");
+	for (long i = 0; i < count; i++) {
+		char buf[1500];
+		memcpy(buf, "echo:", 5);
+		struct sockaddr_in from;
+		socklen_t len = sizeof from;
+		ssize_t n = recvfrom(fd, buf + 5, sizeof buf - 5, 0, (struct sockaddr *)&from, &len);
+		if (n < 0)
+			return 1;
+		sendto(fd, buf, (size_t)n + 5, 0, (struct sockaddr *)&from, len);
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -548,6 +573,8 @@ int main(int argc, char **argv)
 		printf("mkdir %s\n", ename(mkdir(argv[2], 0700) < 0 ? errno : 0));
 		return 0;
 	}
-	fprintf(stderr, "usage: probe syscalls|escape [HOSTPID]|ids|forkbomb MAX|uidbomb UIDS PER|memhog MIB|fill PATH|mkdir PATH\n");
+	if (!strcmp(mode, "udpecho") && argc > 3)
+		return mode_udpecho(strtol(argv[2], NULL, 10), strtol(argv[3], NULL, 10));
+	fprintf(stderr, "usage: probe syscalls|escape [HOSTPID]|ids|forkbomb MAX|uidbomb UIDS PER|memhog MIB|fill PATH|mkdir PATH|udpecho PORT N\n");
 	return 2;
 }

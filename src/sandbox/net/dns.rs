@@ -5,10 +5,16 @@
 //! every A/AAAA record of an answer becomes reachable, through the nftables sets of the rules the
 //! name matched, for the record's TTL (at least [`MIN_TTL`] seconds), before the answer reaches
 //! the tool. Without an allowlist every name is forwarded and the filter's fixed rules decide.
+//!
+//! Queries arrive over UDP or TCP (a resolver retries over TCP when a UDP answer comes back
+//! truncated) and go upstream over the same transport, so a large answer arrives whole. TCP
+//! connections are served one at a time, each with short timeouts: a tool that holds one open
+//! delays only its own lookups.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -139,40 +145,117 @@ pub struct Policy {
     pub sets: Vec<NameSet>,
     /// What `host.nsrun.internal` answers, when allowed.
     pub host_internal: Option<IpAddr>,
-    /// Upstream resolvers (port 53), tried in order.
+    /// Upstream resolvers, tried in order.
     pub upstream: Vec<IpAddr>,
+    /// Their port: 53 (another one only in tests).
+    pub upstream_port: u16,
 }
+
+/// The forwarder's sockets, made inside the run's network namespace.
+#[derive(Debug)]
+pub struct Sockets {
+    pub udp: UdpSocket,
+    pub tcp: TcpListener,
+}
+
+/// How a query arrived, and so how it goes upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// How long one upstream may take to answer.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a tool's TCP connection is served before it is closed.
+const TCP_CONNECTION_TIME: Duration = Duration::from_secs(5);
 
 /// Makes addresses reachable: runs nft in the run's network namespace.
 pub trait Allow: Send {
     fn allow(&mut self, script: &str) -> Result<(), String>;
 }
 
-/// Serves queries arriving on `sock` until `stop` becomes readable or hangs up.
-pub fn serve(sock: UdpSocket, stop: OwnedFd, policy: Policy, allow: &mut dyn Allow) {
-    let mut buf = [0u8; 4096];
+/// Serves queries arriving on `socks` until `stop` becomes readable or hangs up.
+pub fn serve(socks: Sockets, stop: OwnedFd, policy: Policy, allow: &mut dyn Allow) {
+    let mut buf = vec![0u8; 65535];
+    let _ = socks.tcp.set_nonblocking(true);
     loop {
         let mut fds = [
-            PollFd::new(sock.as_fd(), PollFlags::POLLIN),
+            PollFd::new(socks.udp.as_fd(), PollFlags::POLLIN),
+            PollFd::new(socks.tcp.as_fd(), PollFlags::POLLIN),
             PollFd::new(stop.as_fd(), PollFlags::POLLIN),
         ];
         if poll(&mut fds, PollTimeout::NONE).is_err() {
             continue;
         }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+        let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+        let (udp, tcp) = (ready(0), ready(1));
+        if ready(2) {
             return;
         }
-        let Ok((n, from)) = sock.recv_from(&mut buf) else {
-            continue;
-        };
-        if let Some(reply) = handle(&buf[..n], &policy, allow) {
-            let _ = sock.send_to(&reply, from);
+        if udp {
+            if let Ok((n, from)) = socks.udp.recv_from(&mut buf) {
+                if let Some(reply) = handle(&buf[..n], &policy, allow, Transport::Udp) {
+                    let _ = socks.udp.send_to(&reply, from);
+                }
+            }
+        }
+        if tcp {
+            if let Ok((conn, _)) = socks.tcp.accept() {
+                serve_tcp(conn, &policy, allow);
+            }
         }
     }
 }
 
+/// Serves the length-prefixed queries of one TCP connection (RFC 1035 4.2.2, RFC 7766) until
+/// the tool closes it, sends garbage or [`TCP_CONNECTION_TIME`] has passed.
+fn serve_tcp(mut conn: TcpStream, policy: &Policy, allow: &mut dyn Allow) {
+    let end = Instant::now() + TCP_CONNECTION_TIME;
+    let _ = conn.set_nonblocking(false);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        let _ = conn.set_write_timeout(Some(left));
+        let Some(query) = read_framed(&mut conn) else {
+            return;
+        };
+        let Some(reply) = handle(&query, policy, allow, Transport::Tcp) else {
+            return;
+        };
+        if write_framed(&mut conn, &reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one message with its two-byte length in front; `None` at the end or on an error.
+fn read_framed(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).ok()?;
+    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut msg).ok()?;
+    Some(msg)
+}
+
+/// Writes one message with its two-byte length in front.
+fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len()).map_err(|_| std::io::ErrorKind::InvalidData)?;
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    stream.write_all(&out)
+}
+
 /// Answers one query: refused, answered locally, or forwarded (and its addresses allowed).
-pub fn handle(query: &[u8], policy: &Policy, allow: &mut dyn Allow) -> Option<Vec<u8>> {
+pub fn handle(
+    query: &[u8],
+    policy: &Policy,
+    allow: &mut dyn Allow,
+    transport: Transport,
+) -> Option<Vec<u8>> {
     let q = question(query)?;
     if q.name == HOST_INTERNAL {
         return Some(match policy.host_internal {
@@ -188,7 +271,7 @@ pub fn handle(query: &[u8], policy: &Policy, allow: &mut dyn Allow) -> Option<Ve
     if policy.allowlist && matched.is_empty() {
         return Some(reply_error(query, &q, RCODE_REFUSED));
     }
-    let Some(reply) = forward(query, &policy.upstream) else {
+    let Some(reply) = forward(query, policy, transport) else {
         return Some(reply_error(query, &q, RCODE_SERVFAIL));
     };
     if !matched.is_empty() {
@@ -232,12 +315,12 @@ pub fn nonexistent(name: &str, upstream: &[IpAddr], timeout: Duration) -> Option
     // The first upstream that answers decides; RCODE 3 means the name does not exist.
     let (server, reply) = upstream
         .iter()
-        .find_map(|server| ask(&query, *server, timeout).map(|r| (*server, r)))?;
+        .find_map(|server| ask(&query, (*server, 53).into(), timeout).map(|r| (*server, r)))?;
     (reply[3] & 0x0f == 3).then_some(server)
 }
 
 /// One query to one server over UDP: the reply with the query's id, or `None` by `timeout`.
-fn ask(query: &[u8], server: IpAddr, timeout: Duration) -> Option<Vec<u8>> {
+fn ask(query: &[u8], server: SocketAddr, timeout: Duration) -> Option<Vec<u8>> {
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse().expect("addr")
     } else {
@@ -245,9 +328,9 @@ fn ask(query: &[u8], server: IpAddr, timeout: Duration) -> Option<Vec<u8>> {
     };
     let sock = UdpSocket::bind(bind).ok()?;
     sock.set_read_timeout(Some(timeout)).ok()?;
-    sock.connect((server, 53)).ok()?;
+    sock.connect(server).ok()?;
     sock.send(query).ok()?;
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; 65535];
     while let Ok(n) = sock.recv(&mut buf) {
         if n >= 12 && buf[..2] == query[..2] {
             buf.truncate(n);
@@ -257,11 +340,26 @@ fn ask(query: &[u8], server: IpAddr, timeout: Duration) -> Option<Vec<u8>> {
     None
 }
 
-/// Sends `query` to each upstream in turn; the first answer with the same id wins.
-fn forward(query: &[u8], upstream: &[IpAddr]) -> Option<Vec<u8>> {
-    upstream
-        .iter()
-        .find_map(|server| ask(query, *server, Duration::from_secs(3)))
+/// One query to one server over TCP: the reply with the query's id, or `None` by `timeout`.
+fn ask_tcp(query: &[u8], server: SocketAddr, timeout: Duration) -> Option<Vec<u8>> {
+    let mut conn = TcpStream::connect_timeout(&server, timeout).ok()?;
+    conn.set_read_timeout(Some(timeout)).ok()?;
+    conn.set_write_timeout(Some(timeout)).ok()?;
+    write_framed(&mut conn, query).ok()?;
+    let reply = read_framed(&mut conn)?;
+    (reply.len() >= 12 && reply[..2] == query[..2]).then_some(reply)
+}
+
+/// Sends `query` to each upstream in turn over `transport`; the first answer with the same id
+/// wins.
+fn forward(query: &[u8], policy: &Policy, transport: Transport) -> Option<Vec<u8>> {
+    policy.upstream.iter().find_map(|ip| {
+        let server = SocketAddr::new(*ip, policy.upstream_port);
+        match transport {
+            Transport::Udp => ask(query, server, UPSTREAM_TIMEOUT),
+            Transport::Tcp => ask_tcp(query, server, UPSTREAM_TIMEOUT),
+        }
+    })
 }
 
 /// The nameservers of a resolv.conf text.
@@ -331,16 +429,123 @@ mod tests {
             }],
             host_internal: None,
             upstream: vec![],
+            upstream_port: 53,
         };
         let mut rec = Recorder(vec![]);
-        let r = handle(&query("evil.test", TYPE_A), &policy, &mut rec).unwrap();
+        let r = handle(
+            &query("evil.test", TYPE_A),
+            &policy,
+            &mut rec,
+            Transport::Udp,
+        )
+        .unwrap();
         assert_eq!(r[3] & 0x0f, RCODE_REFUSED);
-        let r = handle(&query(HOST_INTERNAL, TYPE_A), &policy, &mut rec).unwrap();
+        let r = handle(
+            &query(HOST_INTERNAL, TYPE_A),
+            &policy,
+            &mut rec,
+            Transport::Udp,
+        )
+        .unwrap();
         assert_eq!(r[3] & 0x0f, RCODE_REFUSED);
         // Allowed, but no upstream answers: SERVFAIL, nothing allowed.
-        let r = handle(&query("ok.test", TYPE_A), &policy, &mut rec).unwrap();
+        let r = handle(&query("ok.test", TYPE_A), &policy, &mut rec, Transport::Tcp).unwrap();
         assert_eq!(r[3] & 0x0f, RCODE_SERVFAIL);
         assert!(rec.0.is_empty());
+    }
+
+    /// An answer to `q` with `n` A records, 192.0.2.1 and up.
+    fn many_records(q: &[u8], n: u8) -> Vec<u8> {
+        let parsed = question(q).unwrap();
+        let mut r = reply_error(q, &parsed, 0);
+        r[7] = n;
+        for i in 1..=n {
+            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, i]);
+        }
+        r
+    }
+
+    /// Over UDP the upstream truncates (TC, no records) and the tool gets that as it is; over
+    /// TCP the whole answer comes through and every address in it is allowed.
+    #[test]
+    fn truncated_answers_are_retried_over_tcp() {
+        let up_udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = up_udp.local_addr().unwrap().port();
+        let up_tcp = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = up_udp.recv_from(&mut buf) {
+                let mut r = many_records(&buf[..n], 0);
+                r[2] |= 0x02; // TC
+                let _ = up_udp.send_to(&r, from);
+            }
+        });
+        std::thread::spawn(move || {
+            for c in up_tcp.incoming() {
+                let mut c = c.unwrap();
+                while let Some(q) = read_framed(&mut c) {
+                    write_framed(&mut c, &many_records(&q, 40)).unwrap();
+                }
+            }
+        });
+        let socks = Sockets {
+            udp: UdpSocket::bind("127.0.0.1:0").unwrap(),
+            tcp: TcpListener::bind("127.0.0.1:0").unwrap(),
+        };
+        let (udp_addr, tcp_addr) = (
+            socks.udp.local_addr().unwrap(),
+            socks.tcp.local_addr().unwrap(),
+        );
+        let policy = Policy {
+            allowlist: true,
+            sets: vec![NameSet {
+                pattern: "big.test".into(),
+                set4: "name0_4".into(),
+                set6: "name0_6".into(),
+            }],
+            host_internal: None,
+            upstream: vec!["127.0.0.1".parse().unwrap()],
+            upstream_port: port,
+        };
+        let (stop_r, stop_w) = nix::unistd::pipe().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let mut rec = Recorder(vec![]);
+            serve(socks, stop_r, policy, &mut rec);
+            tx.send(rec.0).unwrap();
+        });
+
+        let q = query("big.test", TYPE_A);
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        client.send_to(&q, udp_addr).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = client.recv(&mut buf).unwrap();
+        assert_ne!(buf[2] & 0x02, 0, "UDP answer not truncated");
+        assert!(answers(&buf[..n]).is_empty());
+
+        let mut conn = TcpStream::connect(tcp_addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // Two queries on one connection, as RFC 7766 allows.
+        for _ in 0..2 {
+            write_framed(&mut conn, &q).unwrap();
+            let reply = read_framed(&mut conn).unwrap();
+            assert_eq!(&reply[..2], &q[..2]);
+            assert_eq!(answers(&reply).len(), 40);
+        }
+        // A refused name over TCP is answered locally.
+        write_framed(&mut conn, &query("evil.test", TYPE_A)).unwrap();
+        assert_eq!(read_framed(&mut conn).unwrap()[3] & 0x0f, RCODE_REFUSED);
+        drop(conn);
+
+        drop(stop_w);
+        server.join().unwrap();
+        let scripts = rx.recv().unwrap();
+        assert_eq!(scripts.len(), 2, "{scripts:?}");
+        assert!(scripts[0].contains("192.0.2.40"), "{}", scripts[0]);
     }
 
     #[test]

@@ -18,7 +18,9 @@
 pub mod dns;
 pub mod files;
 pub mod filter;
+pub mod nssock;
 pub mod parent;
+pub mod relay;
 pub mod usermode;
 
 use std::net::{IpAddr, Ipv4Addr};

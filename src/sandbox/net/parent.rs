@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::net::{IpAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -16,9 +16,9 @@ use thiserror::Error;
 use super::dns::{self, Allow, Policy};
 use super::filter::{self, Context};
 use super::usermode::{self, Attach, Backend, Helper};
-use super::{Dest, NetOptions, FORWARDER_ADDR};
+use super::{nssock, relay, Proto};
+use super::{Dest, NetOptions};
 use crate::sandbox::spec::Network;
-use crate::sandbox::sys;
 
 /// Why a run's network could not be set up. Each is one line.
 #[derive(Debug, Error)]
@@ -34,7 +34,7 @@ pub enum NetError {
     NoNft,
     #[error("/dev/net/tun is not readable and writable by this user (it is 0600 on this machine): rootless --network private needs it; most distributions ship it 0666 (chmod 0666 /dev/net/tun)")]
     Tun,
-    #[error("-p publishes ports through pasta: install it (Debian package passt) or leave out -p")]
+    #[error("-p publishes TCP ports through pasta: install it (Debian package passt) or leave out the TCP -p (UDP ports work with slirp4netns too)")]
     PublishNeedsPasta,
     #[error("{0} needs --network private")]
     NeedsPrivate(&'static str),
@@ -142,6 +142,7 @@ pub fn plan(
             .then(|| ctx.gateways.iter().copied().find(IpAddr::is_ipv4))
             .flatten(),
         upstream,
+        upstream_port: 53,
     };
     Ok(Some(NetPlan {
         backend,
@@ -202,6 +203,8 @@ pub struct Attached {
     pub helper: Helper,
     stop: Option<OwnedFd>,
     forwarder: Option<JoinHandle<()>>,
+    /// Published UDP ports; each stops when dropped.
+    _relays: Vec<relay::UdpRelay>,
 }
 
 impl Drop for Attached {
@@ -300,7 +303,18 @@ pub fn attach(np: &NetPlan, userns: File, netns: File) -> Result<Attached, NetEr
         },
     )?;
     nft.run(&np.ruleset).map_err(NetError::Filter)?;
-    let sock = forwarder_socket(&userns, &netns)?;
+    let socks = forwarder_sockets(&userns, &netns)?;
+    let mut relays = Vec::new();
+    for p in np.opts.publish.iter().filter(|p| p.proto == Proto::Udp) {
+        let shown = format!("{}:{}", p.host_ip, p.host_port);
+        let host =
+            UdpSocket::bind((p.host_ip, p.host_port)).map_err(|e| NetError::PortInUse(shown, e))?;
+        let dup = |f: &File| f.try_clone().map_err(|e| NetError::Io("dup", e));
+        relays.push(
+            relay::start(host, p.container_port, dup(&userns)?, dup(&netns)?)
+                .map_err(|e| NetError::Io("start the UDP relay thread", e))?,
+        );
+    }
     let helper = starting.wait_ready()?;
     let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| NetError::Io("pipe", e.into()))?;
@@ -309,161 +323,28 @@ pub fn attach(np: &NetPlan, userns: File, netns: File) -> Result<Attached, NetEr
         .name("nsrun-dns".into())
         .spawn(move || {
             let mut nft = nft;
-            dns::serve(sock, stop_r, policy, &mut nft);
+            dns::serve(socks, stop_r, policy, &mut nft);
         })
         .map_err(|e| NetError::Io("start the DNS forwarder thread", e))?;
     Ok(Attached {
         helper,
         stop: Some(stop_w),
         forwarder: Some(forwarder),
+        _relays: relays,
     })
 }
 
-/// Creates the forwarder's UDP socket on 127.0.0.53:53 inside the run's network namespace: a
-/// forked process joins the run's user and network namespaces (a multithreaded process cannot
-/// join a user namespace, and a socket stays in the namespace it was made in), brings the
-/// loopback up, binds, and passes the socket back over a socketpair.
-fn forwarder_socket(userns: &File, netns: &File) -> Result<UdpSocket, NetError> {
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| NetError::Io("socketpair", e.into()))?;
-    let pid = sys::fork().map_err(|e| NetError::Forwarder {
-        what: "fork",
-        err: nix::errno::Errno::from_raw(e),
+/// Creates the forwarder's sockets on 127.0.0.53:53 inside the run's network namespace, UDP and
+/// TCP (resolvers retry over TCP when an answer is truncated).
+fn forwarder_sockets(userns: &File, netns: &File) -> Result<dns::Sockets, NetError> {
+    let fds = nssock::make(userns, netns, nssock::Task::Forwarder)
+        .map_err(|(what, err)| NetError::Forwarder { what, err })?;
+    let [udp, tcp]: [OwnedFd; 2] = fds.try_into().map_err(|_| NetError::Forwarder {
+        what: "send",
+        err: nix::errno::Errno::EPIPE,
     })?;
-    if pid == 0 {
-        in_netns_child(userns.as_raw_fd(), netns.as_raw_fd(), theirs.as_raw_fd());
-    }
-    drop(theirs);
-    let mut data = [0i32; 2];
-    let received = receive_fd(ours.as_raw_fd(), &mut data);
-    let _ = sys::waitpid(pid, 0);
-    let stages = [
-        "join the user namespace",
-        "join the network namespace",
-        "bring up lo",
-        "socket",
-        "bind 127.0.0.53:53",
-        "send",
-    ];
-    match received {
-        Some(fd) => Ok(UdpSocket::from(fd)),
-        None => Err(NetError::Forwarder {
-            what: stages.get(data[0] as usize).copied().unwrap_or("fork"),
-            err: nix::errno::Errno::from_raw(data[1]),
-        }),
-    }
-}
-
-/// Receives `[stage, errno]` and, on success, one descriptor.
-fn receive_fd(sock: RawFd, data: &mut [i32; 2]) -> Option<OwnedFd> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut buf = [0u8; 8];
-    let mut cmsg = nix::cmsg_space!(RawFd);
-    let (n, fd) = {
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg =
-            recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
-        let mut fd = None;
-        for c in msg.cmsgs().ok()? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                // SAFETY: the kernel just installed these descriptors for us.
-                fd = fds.first().map(|&f| unsafe { OwnedFd::from_raw_fd(f) });
-            }
-        }
-        (msg.bytes, fd)
-    };
-    if n == 8 {
-        data[0] = i32::from_ne_bytes(buf[..4].try_into().expect("4"));
-        data[1] = i32::from_ne_bytes(buf[4..].try_into().expect("4"));
-    } else {
-        *data = [0, libc::EPIPE];
-    }
-    fd
-}
-
-/// The forked child of [`forwarder_socket`]. Never returns; calls only async-signal-safe
-/// syscalls (the parent may have other threads).
-fn in_netns_child(userns: RawFd, netns: RawFd, out: RawFd) -> ! {
-    let fail = |stage: i32| -> ! {
-        let errno = std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO);
-        send_result(out, [stage, errno], -1);
-        sys::exit(1)
-    };
-    // SAFETY: setns on descriptors we hold.
-    if unsafe { libc::setns(userns, libc::CLONE_NEWUSER) } != 0 {
-        fail(0);
-    }
-    // SAFETY: as above.
-    if unsafe { libc::setns(netns, libc::CLONE_NEWNET) } != 0 {
-        fail(1);
-    }
-    if let Err(e) = sys::loopback_up() {
-        send_result(out, [2, e], -1);
-        sys::exit(1);
-    }
-    // SAFETY: a new socket, owned by this process until sent.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        fail(3);
-    }
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 53u16.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(FORWARDER_ADDR).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: addr is a valid sockaddr_in of the size given.
-    let r = unsafe {
-        libc::bind(
-            sock,
-            (&addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        fail(4);
-    }
-    if !send_result(out, [0, 0], sock) {
-        fail(5);
-    }
-    sys::exit(0)
-}
-
-/// Sends `[stage, errno]` and, when `fd >= 0`, the descriptor. Allocation-free.
-fn send_result(sock: RawFd, data: [i32; 2], fd: RawFd) -> bool {
-    let mut bytes = [0u8; 8];
-    bytes[..4].copy_from_slice(&data[0].to_ne_bytes());
-    bytes[4..].copy_from_slice(&data[1].to_ne_bytes());
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_mut_ptr().cast(),
-        iov_len: bytes.len(),
-    };
-    let mut cbuf = [0u64; 4];
-    // SAFETY: msghdr is plain data; all-zero is valid. The control buffer is 32 bytes, aligned,
-    // more than CMSG_SPACE(4); the cmsg pointer comes from CMSG_FIRSTHDR over it.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        if fd >= 0 {
-            msg.msg_control = cbuf.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(4) as _;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
-        }
-        libc::sendmsg(sock, &msg, 0) == bytes.len() as isize
-    }
+    Ok(dns::Sockets {
+        udp: UdpSocket::from(udp),
+        tcp: std::net::TcpListener::from(tcp),
+    })
 }

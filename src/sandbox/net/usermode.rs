@@ -273,26 +273,26 @@ pub fn start(backend: Backend, program: &Path, a: &Attach) -> Result<Starting, N
             if !a.map_host_loopback {
                 cmd.arg("--no-map-gw");
             }
-            for (flag, proto) in [("-t", Proto::Tcp), ("-u", Proto::Udp)] {
-                let specs: Vec<String> = a
-                    .publish
-                    .iter()
-                    .filter(|p| p.proto == proto)
-                    .map(|p| format!("{}/{}:{}", p.host_ip, p.host_port, p.container_port))
-                    .collect();
-                if specs.is_empty() {
-                    cmd.args([flag, "none"]);
-                }
-                for s in specs {
-                    cmd.args([flag, &s]);
-                }
+            // Published UDP ports are relayed by nsrun itself (see `relay`).
+            let specs: Vec<String> = a
+                .publish
+                .iter()
+                .filter(|p| p.proto == Proto::Tcp)
+                .map(|p| format!("{}/{}:{}", p.host_ip, p.host_port, p.container_port))
+                .collect();
+            if specs.is_empty() {
+                cmd.args(["-t", "none"]);
             }
+            for s in specs {
+                cmd.args(["-t", &s]);
+            }
+            cmd.args(["-u", "none"]);
             cmd.arg("-P").arg(format!("/proc/self/fd/{w}"));
             cmd.arg("--userns").arg(format!("/proc/self/fd/{u}"));
             cmd.arg("--netns").arg(format!("/proc/self/fd/{n}"));
         }
         Backend::Slirp4netns => {
-            if !a.publish.is_empty() {
+            if a.publish.iter().any(|p| p.proto == Proto::Tcp) {
                 return Err(NetError::PublishNeedsPasta);
             }
             let (exit_r, exit_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
