@@ -197,29 +197,57 @@ fn host_loopback_only_when_allowed() {
     }
 }
 
+/// TCP publishes through either helper: pasta's `-t`, slirp4netns' API socket (whose directory
+/// is gone once the port is published).
 #[test]
 fn published_ports_reach_a_server_inside() {
-    let port = free_port();
-    let tok = token("publish");
-    let spec = format!("127.0.0.1:{port}:8000");
-    let mut child = spawn_ready(
-        &["--network", "private", "-p", &spec, "--timeout", "30"],
-        "mkdir /tmp/w; echo published > /tmp/w/index.html; httpd -p 8000 -h /tmp/w; echo ready; sleep 30",
-        &tok,
-    );
-    let mut body = String::new();
-    let ok = wait_until(Duration::from_secs(10), || {
-        let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
-            return false;
-        };
-        let _ = c.write_all(b"GET / HTTP/1.0\r\n\r\n");
-        body.clear();
-        let _ = c.read_to_string(&mut body);
-        body.contains("published")
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(ok, "{body}");
+    for helper in ["pasta", "slirp4netns"] {
+        let port = free_port();
+        let tok = token("publish");
+        let spec = format!("127.0.0.1:{port}:8000");
+        let mut child = spawn_ready(
+            &[
+                "--network",
+                "private",
+                "--net-helper",
+                helper,
+                "-p",
+                &spec,
+                "--timeout",
+                "30",
+            ],
+            "mkdir /tmp/w; echo published > /tmp/w/index.html; httpd -p 8000 -h /tmp/w; echo ready; sleep 30",
+            &tok,
+        );
+        let mut body = String::new();
+        let ok = wait_until(Duration::from_secs(10), || {
+            let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+                return false;
+            };
+            let _ = c.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            body.clear();
+            let _ = c.read_to_string(&mut body);
+            body.contains("published")
+        });
+        let leftover = slirp_api_dirs(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(ok, "{helper}: {body}");
+        assert!(leftover.is_empty(), "{helper}: {leftover:?}");
+    }
+}
+
+/// slirp4netns API socket directories nsrun process `pid` made (in /run as root, else /tmp).
+fn slirp_api_dirs(pid: u32) -> Vec<std::path::PathBuf> {
+    let prefix = format!("nsrun-slirp-{pid}-");
+    [std::path::PathBuf::from("/run"), std::env::temp_dir()]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
 }
 
 /// UDP publishes too, behind either helper (nsrun relays it): datagrams to the host port reach

@@ -34,8 +34,8 @@ pub enum NetError {
     NoNft,
     #[error("/dev/net/tun is not readable and writable by this user (it is 0600 on this machine): rootless --network private needs it; most distributions ship it 0666 (chmod 0666 /dev/net/tun)")]
     Tun,
-    #[error("-p publishes TCP ports through pasta: install it (Debian package passt) or leave out the TCP -p (UDP ports work with slirp4netns too)")]
-    PublishNeedsPasta,
+    #[error("-p with an IPv6 host address needs pasta (slirp4netns publishes IPv4 only): install it (Debian package passt)")]
+    PublishV6NeedsPasta,
     #[error("{0} needs --network private")]
     NeedsPrivate(&'static str),
     #[error(

@@ -245,6 +245,92 @@ pub struct Starting {
     helper: Helper,
     ready: File,
     log: File,
+    /// slirp4netns only: its API socket's directory and the TCP ports to publish through it.
+    api: Option<(ApiDir, Vec<PortMap>)>,
+}
+
+/// A private directory for slirp4netns' API socket, removed on drop (and as soon as the ports
+/// are published: nothing of it stays on the host while the run goes on).
+#[derive(Debug)]
+struct ApiDir(PathBuf);
+
+impl ApiDir {
+    /// Root's slirp4netns sandboxes itself (`--enable-sandbox`) in a mount namespace that keeps
+    /// only the host's /etc and /run: the socket must be under /run to be seen from here.
+    fn create() -> Result<ApiDir, NetError> {
+        // SAFETY: geteuid cannot fail.
+        let base = if unsafe { libc::geteuid() } == 0 {
+            PathBuf::from("/run")
+        } else {
+            std::env::temp_dir()
+        };
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = base.join(format!("nsrun-slirp-{}-{n}", std::process::id()));
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| NetError::Io("create the directory of slirp4netns' API socket", e))?;
+        Ok(ApiDir(dir))
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.0.join("api.sock")
+    }
+}
+
+impl Drop for ApiDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Publishes `ports` through slirp4netns' API socket (`add_hostfwd`, one request per
+/// connection). The socket appears just after the ready signal: it is waited for, briefly.
+fn publish_through_api(api: &ApiDir, ports: &[PortMap]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let path = api.socket();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for p in ports {
+        let mut conn = loop {
+            match UnixStream::connect(&path) {
+                Ok(c) => break c,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("its API socket did not answer: {e}"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        };
+        let request = serde_json::json!({
+            "execute": "add_hostfwd",
+            "arguments": {
+                "proto": "tcp",
+                "host_addr": p.host_ip.to_string(),
+                "host_port": p.host_port,
+                "guest_port": p.container_port,
+            }
+        });
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        conn.write_all(request.to_string().as_bytes())
+            .and_then(|_| conn.shutdown(std::net::Shutdown::Write))
+            .map_err(|e| format!("its API socket: {e}"))?;
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        let value: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        if value.get("return").is_none() {
+            let why = value["error"]["desc"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| answer.trim().to_string());
+            return Err(format!(
+                "-p {}:{}:{}: {why}",
+                p.host_ip, p.host_port, p.container_port
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Starts `backend`; the caller does other set-up while it configures the run's interface, then
@@ -261,6 +347,7 @@ pub fn start(backend: Backend, program: &Path, a: &Attach) -> Result<Starting, N
     let mut cmd = Command::new(program);
     let mut keep = vec![u, n, w];
     let mut exit_fd = None;
+    let mut api = None;
     match backend {
         Backend::Pasta => {
             cmd.args(["-f", "-q", "--config-net", "-T", "none", "-U", "none"]);
@@ -292,8 +379,19 @@ pub fn start(backend: Backend, program: &Path, a: &Attach) -> Result<Starting, N
             cmd.arg("--netns").arg(format!("/proc/self/fd/{n}"));
         }
         Backend::Slirp4netns => {
-            if a.publish.iter().any(|p| p.proto == Proto::Tcp) {
-                return Err(NetError::PublishNeedsPasta);
+            let tcp: Vec<PortMap> = a
+                .publish
+                .iter()
+                .filter(|p| p.proto == Proto::Tcp)
+                .cloned()
+                .collect();
+            if !tcp.is_empty() {
+                if tcp.iter().any(|p| p.host_ip.is_ipv6()) {
+                    return Err(NetError::PublishV6NeedsPasta);
+                }
+                let dir = ApiDir::create()?;
+                cmd.arg(format!("--api-socket={}", dir.socket().display()));
+                api = Some((dir, tcp));
             }
             let (exit_r, exit_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| NetError::Io("pipe", e.into()))?;
@@ -335,6 +433,7 @@ pub fn start(backend: Backend, program: &Path, a: &Attach) -> Result<Starting, N
         },
         ready: File::from(ready_r),
         log,
+        api,
     })
 }
 
@@ -345,6 +444,7 @@ impl Starting {
             mut helper,
             ready: mut file,
             mut log,
+            api,
         } = self;
         let backend = helper.backend;
 
@@ -384,7 +484,18 @@ impl Starting {
             }
         }
         if ready {
-            return Ok(helper);
+            let Some((dir, ports)) = api else {
+                return Ok(helper);
+            };
+            let published = publish_through_api(&dir, &ports);
+            drop(dir);
+            return match published {
+                Ok(()) => Ok(helper),
+                Err(message) => Err(NetError::HelperFailed {
+                    program: backend.program(),
+                    message,
+                }),
+            };
         }
         let status = helper.child.take().and_then(|mut c| {
             let _ = c.kill();
