@@ -306,7 +306,7 @@ async fn events(addr: &Addr, token: &str, id: &str, last: Option<u64>) -> Vec<Ss
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let text = resp.into_body().collect().await.unwrap().to_bytes();
-    parse_sse(&String::from_utf8(text.to_vec()).unwrap())
+    parse_sse(std::str::from_utf8(&text).unwrap())
 }
 
 fn parse_sse(text: &str) -> Vec<Sse> {
