@@ -1228,3 +1228,93 @@ fn tls_and_client_certificates() {
         }
     }
 }
+
+/// Bad flags and files: one line, exit 125, and no state directory left behind.
+#[test]
+fn bad_serve_flags_fail_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    token_new(&tokens, "acme", &["--allow-image", "*"]);
+    let t = tokens.to_str().unwrap();
+    let state = dir.path().join("state");
+    let st = state.to_str().unwrap();
+    let none = dir.path().join("none.json");
+    for (args, want) in [
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--tokens",
+                none.to_str().unwrap(),
+            ],
+            "none.json",
+        ),
+        (
+            vec!["--listen", "nonsense", "--tokens", t],
+            "--listen nonsense",
+        ),
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--tokens",
+                t,
+                "--tls-cert",
+                t,
+                "--tls-key",
+                t,
+            ],
+            "--tls-cert",
+        ),
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--tokens",
+                t,
+                "--max-body",
+                "lots",
+            ],
+            "--max-body",
+        ),
+    ] {
+        let o = Command::new(nsrun_bin())
+            .arg("serve")
+            .args(&args)
+            .args(["--state-dir", st, "--root"])
+            .arg(dir.path().join("root"))
+            .output()
+            .unwrap();
+        assert_code(&o, 125);
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!state.exists(), "{args:?} left the state directory");
+    }
+    // A policy file that is not one.
+    std::fs::write(
+        &tokens,
+        r#"{"tenants": [{"tenant": "a", "tokenSha256": "xyz", "created": ""}]}"#,
+    )
+    .unwrap();
+    let o = Command::new(nsrun_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens",
+            t,
+            "--state-dir",
+            st,
+        ])
+        .output()
+        .unwrap();
+    assert_code(&o, 125);
+    assert!(stderr(&o).contains("tokenSha256"), "{}", stderr(&o));
+    // token new needs at least one --allow-image.
+    let o = Command::new(nsrun_bin())
+        .args(["token", "new", "--tokens", t, "--tenant", "b"])
+        .output()
+        .unwrap();
+    assert_code(&o, 125);
+}
