@@ -1318,3 +1318,86 @@ fn bad_serve_flags_fail_in_one_line() {
         .unwrap();
     assert_code(&o, 125);
 }
+
+/// An upload that breaks off, or goes over --max-upload, leaves no file and gives its tenant's
+/// slot back.
+#[test]
+fn a_failed_upload_leaves_nothing() {
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let s = Server::start("tcp", &["--max-upload", "1m"], |t| {
+        tok = token_new(
+            t,
+            "acme",
+            &["--allow-image", &image_pattern(), "--max-concurrent", "1"],
+        );
+    });
+    let a = &s.addr;
+    let boundary = "nsrunB";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"request\"\r\n\r\n{}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"input\"; filename=\"f\"\r\n\r\n",
+        sh_run("true")
+    );
+    let state_entries = || {
+        std::fs::read_dir(s.dir().join("state"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+    };
+    rt().block_on(async {
+        let post = |parts: Vec<Result<Bytes, std::io::Error>>| {
+            let body = StreamBody::new(futures_util::stream::iter(
+                parts.into_iter().map(|p| p.map(Frame::data)),
+            ))
+            .boxed();
+            send(
+                a,
+                request("POST", "/v1/runs?wait=true", Some(&tok))
+                    .header(
+                        "content-type",
+                        format!("multipart/form-data; boundary={boundary}"),
+                    )
+                    .body(body)
+                    .unwrap(),
+            )
+        };
+        // The client breaks off mid-file.
+        let chunk = Bytes::from(vec![b'x'; 64 << 10]);
+        let r = post(vec![
+            Ok(Bytes::from(head.clone())),
+            Ok(chunk.clone()),
+            Err(std::io::Error::other("client gave up")),
+        ])
+        .await;
+        assert!(r.is_err() || r.unwrap().status() == 400);
+        // Over --max-upload: 413 (or the connection closed under the client's feet).
+        let mut parts = vec![Ok(Bytes::from(head.clone()))];
+        parts.extend(std::iter::repeat_n(chunk, 40).map(Ok));
+        if let Ok(resp) = post(parts).await {
+            assert_eq!(resp.status(), 413);
+        }
+        assert!(
+            wait_until(Duration::from_secs(10), || state_entries().is_empty()),
+            "left in the state directory: {:?}",
+            state_entries()
+        );
+        // The tenant's one slot is free again.
+        let (st, v) = call(
+            a,
+            "POST",
+            "/v1/runs?wait=true",
+            Some(&tok),
+            Some(sh_run("echo ok")),
+        )
+        .await;
+        assert_eq!(
+            (st, v["result"]["stdout"].as_str()),
+            (200, Some("ok\n")),
+            "{v}"
+        );
+    });
+}
