@@ -1311,12 +1311,20 @@ fn bad_serve_flags_fail_in_one_line() {
         .unwrap();
     assert_code(&o, 125);
     assert!(stderr(&o).contains("tokenSha256"), "{}", stderr(&o));
-    // token new needs at least one --allow-image.
+    // token new needs at least one --allow-image; serve needs --tokens: the line names them.
     let o = Command::new(nsrun_bin())
         .args(["token", "new", "--tokens", t, "--tenant", "b"])
         .output()
         .unwrap();
     assert_code(&o, 125);
+    assert!(stderr(&o).contains("--allow-image"), "{}", stderr(&o));
+    let o = Command::new(nsrun_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_code(&o, 125);
+    assert!(stderr(&o).contains("--tokens"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1);
 }
 
 /// An upload that breaks off, or goes over --max-upload, leaves no file and gives its tenant's
