@@ -1409,3 +1409,80 @@ fn a_failed_upload_leaves_nothing() {
         );
     });
 }
+
+/// A request whose upload is still arriving when SIGTERM comes gets 503 and starts no run;
+/// the server then exits at once and leaves nothing.
+#[test]
+fn an_upload_in_flight_at_sigterm_gets_503() {
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let mut s = Server::start("tcp", &["--shutdown-timeout", "20"], |t| {
+        tok = token_new(t, "acme", &["--allow-image", &image_pattern()]);
+    });
+    let a = s.addr.clone();
+    let boundary = "nsrunB";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"request\"\r\n\r\n{}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"input\"; filename=\"f\"\r\n\r\nsome",
+        sh_run("true")
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let rt = rt();
+    let resp = rt.spawn(async move {
+        let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+        }))
+        .boxed();
+        send(
+            &a,
+            request("POST", "/v1/runs?wait=true", Some(&tok))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(body)
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+    });
+    rt.block_on(async {
+        tx.send(Bytes::from(head)).await.unwrap();
+        // The request part has arrived once the run's directory exists.
+        let state = s.dir().join("state");
+        let arrived = || std::fs::read_dir(&state).unwrap().next().is_some();
+        for _ in 0..1000 {
+            if arrived() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(arrived(), "the upload never reached the server");
+        s.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(wait_until(Duration::from_secs(10), || s
+            .stderr()
+            .contains("shutting down")));
+        tx.send(Bytes::from(format!(" more\r\n--{boundary}--\r\n")))
+            .await
+            .unwrap();
+        drop(tx);
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 503);
+        let v: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(v["error"]["code"], "shutting_down");
+    });
+    // No run to wait for: the server is gone well before --shutdown-timeout.
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        s.stderr()
+    );
+    assert!(audited(&s).is_empty(), "a run started during shutdown");
+    assert!(!s.dir().join("state").exists());
+}
