@@ -466,6 +466,25 @@ fn tokens_authenticate_and_reload_on_sighup() {
         assert_eq!(st, 401);
         let (st, _) = get_text(a, "/metrics", Some(&tok)).await;
         assert_eq!(st, 200);
+        // The scheme is case-insensitive; another scheme is not a token.
+        let lower =
+            request("GET", "/metrics", None).header("authorization", format!("bearer {tok}"));
+        assert_eq!(
+            send(a, lower.body(full("")).unwrap())
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        let basic =
+            request("GET", "/metrics", None).header("authorization", format!("Basic {tok}"));
+        assert_eq!(
+            send(a, basic.body(full("")).unwrap())
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
 
         // Revoked in the file: still good until SIGHUP.
         let o = Command::new(nsrun_bin())

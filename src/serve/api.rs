@@ -102,11 +102,13 @@ pub fn auth(srv: &Server, headers: &HeaderMap) -> ApiResult<Arc<Tenant>> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <token>"))?;
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
         .ok_or_else(|| unauthorized("Authorization must be \"Bearer <token>\""))?;
     srv.keys()
         .authenticate(token)
