@@ -270,7 +270,10 @@ export class Client {
     return this.#json<Run>("GET", `/v1/runs/${encodeURIComponent(id)}`, undefined, opts.signal);
   }
 
-  /** Cancels a run: the server kills it and removes everything; resolves with the run after. */
+  /**
+   * Cancels a run: the server kills it and removes everything, its record included (a later
+   * `get` is 404); resolves with the run as it ended.
+   */
   cancel(id: string, opts: CallOptions = {}): Promise<Run> {
     return this.#json<Run>("DELETE", `/v1/runs/${encodeURIComponent(id)}`, undefined, opts.signal);
   }
@@ -311,7 +314,7 @@ function toEvent(runId: string, msg: EventSourceMessage): Event {
     case "pulling":
       return { type: "pulling", runId, seq, image: String(data.image ?? "") };
     case "started":
-      return typeof data.pid === "number" ? { type: "started", runId, seq, pid: data.pid } : { type: "started", runId, seq };
+      return typeof data.setupMs === "number" ? { type: "started", runId, seq, setupMs: data.setupMs } : { type: "started", runId, seq };
     case "stdout":
     case "stderr": {
       if (typeof data.data !== "string") throw new Error(`${msg.event}: data is not base64 text`);

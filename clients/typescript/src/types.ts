@@ -19,11 +19,13 @@ export interface Limits {
   cpus?: number;
   /** Maximum number of processes. */
   pids?: number;
+  /** Cap of each captured stream (stdout, stderr) and each output file: bytes or `"1m"`. */
+  output?: number | string;
 }
 
 /** What to run: `POST /v1/runs`. Only `image` is required. */
 export interface RunRequest {
-  /** Image reference, e.g. `127.0.0.1:5000/tools/busybox:latest` (or `…@sha256:…`). */
+  /** Registry reference, e.g. `127.0.0.1:5000/tools/busybox:latest` (or `…@sha256:…`). */
   image: string;
   /** Arguments (Docker's CMD override). */
   command?: string[];
@@ -32,9 +34,9 @@ export interface RunRequest {
   env?: Record<string, string>;
   /** What the tool reads on stdin (it reads `/dev/null` otherwise). */
   stdin?: Content;
-  /** Files put in the run's work directory, by relative name. */
+  /** Files the tool finds read-only at `/inputs/<name>`. */
   inputs?: Record<string, Content>;
-  /** Files collected from the work directory after the run (read them with `Client.output`). */
+  /** Files collected from the work directory (`/work`) after the run (read them with `Client.output`). */
   outputs?: string[];
   workdir?: string;
   /** `UID[:GID]` or `NAME[:GROUP]`. */
@@ -57,14 +59,19 @@ export type EndReason = "exited" | "signaled" | "timeout" | "oom" | "cancelled" 
 /** A file collected after a run. */
 export interface OutputInfo {
   name: string;
+  /** Its real size (more than was kept when `truncated`). */
   size: number;
-  truncated?: boolean;
-  error?: string | null;
+  /** The tool did not write it (or not as a regular file). */
+  missing: boolean;
+  truncated: boolean;
 }
 
 /** How a run ended: the `result` of a run object, and the data of the `exited` event. */
 export interface Result {
-  /** The tool's exit code; `null` when it was killed by a signal or never started. */
+  /**
+   * Docker's exit code: the tool's own, 128+N for signal N, 124 on timeout, 137 on OOM; `null` only
+   * when the run failed before the tool ran (`error` says why) or was cancelled before it started.
+   */
   exitCode: number | null;
   signal: number | null;
   reason: EndReason;
@@ -76,7 +83,7 @@ export interface Result {
   outputs: OutputInfo[];
   image?: { reference: string; digest: string } | null;
   durationMs?: number;
-  timing?: { pullMs?: number; startMs?: number; runMs?: number };
+  timing?: { queueMs?: number; pullMs?: number; startMs?: number; runMs?: number };
   /** One line saying why the run failed (reason `failed`). */
   error: string | null;
 }
@@ -109,7 +116,7 @@ interface EventBase {
 export type Event =
   | (EventBase & { type: "queued" })
   | (EventBase & { type: "pulling"; image: string })
-  | (EventBase & { type: "started"; pid?: number })
+  | (EventBase & { type: "started"; setupMs?: number })
   | (EventBase & { type: "stdout"; data: Uint8Array })
   | (EventBase & { type: "stderr"; data: Uint8Array })
   | (EventBase & { type: "exited"; result: Result });

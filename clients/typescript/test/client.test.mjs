@@ -7,6 +7,17 @@ import { setup, serve, serveHas, certificates, missing } from "./server.mjs";
 const skip = missing();
 const text = (bytes) => Buffer.from(bytes).toString("utf8");
 
+/** `nsrun_runs_total{outcome="cancelled"}` from /metrics. */
+async function cancelled(client) {
+  const m = (await client.metrics()).match(/^nsrun_runs_total\{outcome="cancelled"\} (\d+)/m);
+  return m ? Number(m[1]) : 0;
+}
+
+/** A cancelled run's record is removed with it: a GET right after is 404 (an ended run stays). */
+async function assertGone(client, id) {
+  await assert.rejects(client.get(id), (e) => e instanceof NsrunError && e.status === 404, `run ${id} was not cancelled`);
+}
+
 describe("nsrun serve over a unix socket", { skip: skip ?? false }, () => {
   let env;
   let client;
@@ -60,6 +71,7 @@ describe("nsrun serve over a unix socket", { skip: skip ?? false }, () => {
     assert.ok(events.every((e) => e.runId === id));
     assert.deepEqual(events.map((e) => e.seq), events.map((_, i) => i + 1), "seq is 1, 2, 3…");
     const types = events.map((e) => e.type);
+    assert.equal(types[0], "queued");
     assert.equal(types.at(-1), "exited");
     assert.equal(types.filter((t) => t === "exited").length, 1);
     const started = types.indexOf("started");
@@ -86,6 +98,7 @@ describe("nsrun serve over a unix socket", { skip: skip ?? false }, () => {
   });
 
   test("abort: the run is cancelled on the server, the call rejects with the signal's reason", async () => {
+    const before = await cancelled(client);
     const ac = new AbortController();
     const s = client.stream({ image: env.image, command: ["sh", "-c", "echo up; sleep 60"] }, { signal: ac.signal });
     const t0 = Date.now();
@@ -98,9 +111,7 @@ describe("nsrun serve over a unix socket", { skip: skip ?? false }, () => {
       { name: "AbortError" },
     );
     const id = await s.id;
-    const run = await client.get(id);
-    assert.equal(run.state, "cancelled", JSON.stringify(run));
-    assert.equal(run.result?.reason, "cancelled");
+    await assertGone(client, id);
     assert.ok(Date.now() - t0 < 30_000, "cancelled long before the tool's sleep ended");
 
     // run() too: aborting while it waits.
@@ -108,6 +119,7 @@ describe("nsrun serve over a unix socket", { skip: skip ?? false }, () => {
     const p = client.run({ image: env.image, command: ["sleep", "60"], labels: { t: "abort-run" } }, { signal: ac2.signal });
     setTimeout(() => ac2.abort(new Error("enough")), 500);
     await assert.rejects(p, { message: "enough" });
+    assert.equal(await cancelled(client), before + 2, "both runs counted as cancelled");
 
     // An already aborted signal: nothing is sent.
     const gone = AbortSignal.abort();
@@ -119,8 +131,7 @@ describe("nsrun serve over a unix socket", { skip: skip ?? false }, () => {
     for await (const ev of s) {
       if (ev.type === "stdout") break;
     }
-    const run = await client.get(await s.id);
-    assert.equal(run.state, "cancelled");
+    await assertGone(client, await s.id);
   });
 
   test("cancel(id) of a run started with create()", async () => {
@@ -128,6 +139,8 @@ describe("nsrun serve over a unix socket", { skip: skip ?? false }, () => {
     const run = await client.cancel(id);
     assert.equal(run.id, id);
     assert.equal(run.state, "cancelled");
+    assert.equal(run.result?.reason, "cancelled");
+    await assertGone(client, id);
   });
 
   test("inputs and outputs", async () => {
