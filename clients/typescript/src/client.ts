@@ -173,8 +173,8 @@ export class Client {
 
   /**
    * Starts a run and yields its events in order: queued, pulling, started, stdout/stderr chunks
-   * as they come, exited (with the result). Aborting `signal`, or leaving the loop before
-   * `exited`, cancels the run on the server.
+   * as they come, exited (with the result). The request is sent when the iteration starts.
+   * Aborting `signal`, or leaving the loop before `exited`, cancels the run on the server.
    */
   stream(request: StreamingRunRequest, opts: CallOptions = {}): RunStream {
     const { signal } = opts;
