@@ -28,6 +28,7 @@ pub mod reference;
 pub mod registry;
 pub mod runner;
 pub mod sandbox;
+pub mod serve;
 pub mod store;
 pub mod unpack;
 

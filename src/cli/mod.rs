@@ -3,6 +3,7 @@
 pub mod doctor;
 pub mod image;
 pub mod run;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -52,11 +53,15 @@ pub enum Command {
     Gc(image::GcArgs),
     /// Check whether confined runs work here; say which setting refuses and the fix.
     Doctor(doctor::DoctorArgs),
+    /// Serve the runner over HTTP to tenants with tokens (docs/serve-api.md).
+    Serve(serve::ServeArgs),
+    /// Add or revoke a tenant's token in a tokens file for `nsrun serve`.
+    Token(serve::TokenArgs),
 }
 
 /// Subcommand names, so that `nsrun IMAGE -- CMD` can be told from `nsrun SUBCOMMAND`.
 const SUBCOMMANDS: &[&str] = &[
-    "run", "help", "pull", "images", "inspect", "rmi", "gc", "doctor",
+    "run", "help", "pull", "images", "inspect", "rmi", "gc", "doctor", "serve", "token",
 ];
 
 /// Options that podman takes before the subcommand (`podman --root DIR pull IMAGE`), each with
@@ -132,6 +137,8 @@ pub fn main(args: Vec<String>) -> i32 {
         Command::Rmi(a) => image::rmi(a),
         Command::Gc(a) => image::gc(a),
         Command::Doctor(a) => doctor::main(a),
+        Command::Serve(a) => serve::main(a),
+        Command::Token(a) => serve::token(a),
     };
     match result {
         Ok(code) => code,

@@ -423,7 +423,7 @@ impl Runtime {
         let outputs = match prep.scratch.take() {
             Some(s) => s.collect_outputs(
                 &prep.outputs,
-                inner.output_limits,
+                spec.output_limits.unwrap_or(inner.output_limits),
                 prep.output_dir.as_deref(),
             )?,
             None => Vec::new(),
@@ -1061,7 +1061,7 @@ async fn run_inner(
         Some(s) => {
             let names = prep.outputs.clone();
             let dir = prep.output_dir.clone();
-            let lim = inner.output_limits;
+            let lim = spec.output_limits.unwrap_or(inner.output_limits);
             tokio::task::spawn_blocking(move || {
                 let r = s.collect_outputs(&names, lim, dir.as_deref());
                 drop(s); // removes the scratch

@@ -159,6 +159,9 @@ pub struct RunSpec {
     pub pull: Option<PullPolicy>,
     /// Capture at most this many bytes of stdout and of stderr (`None`: the runtime's cap).
     pub capture_limit: Option<usize>,
+    /// Caps on reading outputs back (`None`: the runtime's, see
+    /// [`super::RuntimeBuilder::output_limits`]); `nsrun serve` sets a tenant's `maxOutput` here.
+    pub output_limits: Option<super::OutputLimits>,
 }
 
 impl RunSpec {
@@ -193,6 +196,7 @@ impl RunSpec {
             labels: BTreeMap::new(),
             pull: None,
             capture_limit: None,
+            output_limits: None,
         }
     }
 
