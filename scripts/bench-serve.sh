@@ -145,7 +145,7 @@ token=$("$nsrun" token new --tokens "$work/tokens.json" --tenant bench \
   --allow-image "127.0.0.1:$NSRUN_REGISTRY_PORT/bench/*" --max-concurrent 1000 | grep -o 'nsr_[A-Za-z0-9_-]*' | head -1)
 [[ -n $token ]] || die "nsrun token new printed no token"
 "$nsrun" pull -q --root "$work/cache" "$img" >/dev/null
-timeout 3600 "$nsrun" --root "$work/cache" serve --listen "unix:$work/nsrun.sock" --tokens "$work/tokens.json" \
+timeout 3600 "$nsrun" serve --root "$work/cache" --max-concurrent 64 --listen "unix:$work/nsrun.sock" --tokens "$work/tokens.json" \
   >"$work/serve.log" 2>&1 &
 serve_pid=$!
 for _ in $(seq 100); do curl -sf --unix-socket "$work/nsrun.sock" http://x/healthz >/dev/null && break; sleep 0.1; done

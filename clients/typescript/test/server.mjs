@@ -71,7 +71,7 @@ export async function newToken(env, tenant, args) {
 
 /** Starts `nsrun serve` with these listen/TLS arguments; resolves once /healthz answers. */
 export async function serve(env, listenArgs, probe) {
-  const child = spawn(env.bin, ["--root", env.root, "serve", "--tokens", env.tokens, ...listenArgs], {
+  const child = spawn(env.bin, ["serve", "--root", env.root, "--tokens", env.tokens, ...listenArgs], {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let stderr = "";
