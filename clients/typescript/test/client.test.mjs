@@ -157,6 +157,22 @@ describe("nsrun serve over a unix socket", { skip: skip ?? false }, () => {
     await assert.rejects(client.output(r.id, "nope.txt"), (e) => e instanceof NsrunError && e.status === 404);
   });
 
+  test("streamed inputs and stdin go as multipart/form-data", async () => {
+    // 8 MiB in 64 KiB chunks, produced as they are sent: never one buffer in the client.
+    async function* bytes(n, fill) {
+      const chunk = Buffer.alloc(64 << 10, fill);
+      for (let i = 0; i < n; i++) yield chunk;
+    }
+    const r = await client.run({
+      image: env.image,
+      command: ["sh", "-c", "wc -c < /inputs/big.bin; wc -c; cat /inputs/small.txt"],
+      inputs: { "big.bin": bytes(128, 0x61), "small.txt": "small\n" },
+      stdin: bytes(16, 0x62),
+    });
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.deepEqual(r.stdout.split(/\s+/).filter(Boolean), [String(8 << 20), String(1 << 20), "small"]);
+  });
+
   test("errors: 401 without or with a bad or revoked token", async () => {
     for (const token of [undefined, "nsr_not-a-real-token-aaaaaaaaaaaaaaaaaaaaaaaaaaaa", env.revoked]) {
       const c = new Client({ socketPath: env.socket, ...(token ? { token } : {}) });
@@ -201,6 +217,23 @@ describe("nsrun serve over a unix socket", { skip: skip ?? false }, () => {
     await assert.rejects(other.get(r.id), { status: 404, code: "not_found" });
     await assert.rejects(other.cancel(r.id), { status: 404 });
     other.close();
+  });
+
+  test("errors: 429 names maxConcurrent", async () => {
+    const solo = new Client({ socketPath: env.socket, token: env.solo });
+    const { id } = await solo.create({ image: env.image, command: ["sleep", "60"] });
+    try {
+      await assert.rejects(solo.run({ image: env.image, command: ["true"] }), (e) => {
+        assert.ok(e instanceof NsrunError);
+        assert.equal(e.status, 429);
+        assert.equal(e.code, "too_many_requests");
+        assert.equal(e.rule, "maxConcurrent");
+        return true;
+      });
+    } finally {
+      await solo.cancel(id);
+      solo.close();
+    }
   });
 
   test("dockerRunner: a docker runner's shape and exit codes", async () => {

@@ -147,6 +147,7 @@ export async function setup() {
   const repo = env.image.slice(0, env.image.lastIndexOf("/"));
   env.acme = await newToken(env, "acme", ["--allow-image", `${repo}/*`, "--allow-network", "none", "--max-memory", "256m", "--max-timeout", "60"]);
   env.other = await newToken(env, "other", ["--allow-image", `${repo}/*`]);
+  env.solo = await newToken(env, "solo", ["--allow-image", `${repo}/*`, "--max-concurrent", "1"]);
   env.revoked = await newToken(env, "gone", ["--allow-image", `${repo}/*`]);
   await run(bin, ["token", "revoke", "--tokens", env.tokens, "--tenant", "gone"]);
   env.servers = [];
