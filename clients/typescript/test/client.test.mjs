@@ -291,5 +291,18 @@ describe("nsrun serve over TCP", { skip: skip ?? false }, () => {
     await assert.rejects(untrusting.get("x"), (e) => e instanceof NsrunError && e.code === "unreachable");
     client.close();
     untrusting.close();
+
+    // mTLS: a server started with --tls-client-ca takes the client certificate, and only with it.
+    const mport = await env.freePort();
+    const base = { url: `https://127.0.0.1:${mport}`, token: env.acme, ca: certs.ca };
+    const mtls = new Client({ ...base, cert: certs.clientCert, key: certs.clientKey });
+    env.servers.push(
+      await serve(env, ["--listen", `127.0.0.1:${mport}`, "--tls-cert", certs.cert, "--tls-key", certs.key, "--tls-client-ca", certs.caFile], mtls),
+    );
+    assert.equal((await mtls.run({ image: env.image, command: ["echo", "mtls"] })).stdout, "mtls\n");
+    const anonymous = new Client(base);
+    await assert.rejects(anonymous.get("x"), (e) => e instanceof NsrunError && e.status === 0);
+    mtls.close();
+    anonymous.close();
   });
 });

@@ -126,7 +126,19 @@ export async function certificates(dir) {
   await writeFile(join(dir, "leaf.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n");
   await o("x509", "-req", "-in", join(dir, "leaf.csr"), "-CA", join(dir, "ca.pem"), "-CAkey", join(dir, "ca.key"),
     "-CAcreateserial", "-days", "1", "-extfile", join(dir, "leaf.ext"), "-out", join(dir, "leaf.pem"));
-  return { ca: await readFile(join(dir, "ca.pem")), cert: join(dir, "leaf.pem"), key: join(dir, "leaf.key") };
+  // A client certificate from the same CA, for mTLS.
+  await o("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=worker", "-keyout", join(dir, "client.key"), "-out", join(dir, "client.csr"));
+  await writeFile(join(dir, "client.ext"), "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n");
+  await o("x509", "-req", "-in", join(dir, "client.csr"), "-CA", join(dir, "ca.pem"), "-CAkey", join(dir, "ca.key"),
+    "-CAcreateserial", "-days", "1", "-extfile", join(dir, "client.ext"), "-out", join(dir, "client.pem"));
+  return {
+    ca: await readFile(join(dir, "ca.pem")),
+    caFile: join(dir, "ca.pem"),
+    cert: join(dir, "leaf.pem"),
+    key: join(dir, "leaf.key"),
+    clientCert: await readFile(join(dir, "client.pem")),
+    clientKey: await readFile(join(dir, "client.key")),
+  };
 }
 
 /** Everything the tests share: dirs, the image, tokens. `stop()` removes it all. */
