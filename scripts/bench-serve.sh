@@ -165,6 +165,9 @@ if $with_docker; then
 fi
 
 results=$work/results.jsonl
+serve_main=$(pgrep -P "$serve_pid" -x nsrun | head -1)
+# utime + stime + cutime + cstime of nsrun serve, in clock ticks.
+serve_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$serve_main/stat"; }
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 IFS=, read -r -a conc <<<"$levels"
 for c in "${conc[@]}"; do
@@ -174,8 +177,12 @@ for c in "${conc[@]}"; do
     sock=$work/nsrun.sock
     [[ $side == docker ]] && sock=$work/docker.sock
     log "$side, concurrency $c, ${seconds} s"
-    NSRUN_TOKEN=$token node scripts/serve-load.mjs "$side" "$sock" "$img" "$c" "$seconds" | tee -a "$results" >&2 ||
+    t0=$(serve_ticks)
+    NSRUN_TOKEN=$token node scripts/serve-load.mjs "$side" "$sock" "$img" "$c" "$seconds" >"$work/level.json" ||
       die "the $side load failed (serve log: $(tail -2 "$work/serve.log" | tr '\n' ' '))"
+    # The server's CPU time (its threads and the helpers it reaped) over the level, warm-up included.
+    python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); r["serverCpuTicks"] = int(sys.argv[2]); print(json.dumps(r))' \
+      "$work/level.json" "$(($(serve_ticks) - t0))" | tee -a "$results" >&2
   done
 done
 
@@ -194,13 +201,18 @@ print(f"# nsrun serve vs the Docker Engine API: /bin/true per run\n")
 print(f"Linux {kernel}, {cpus} CPUs; {nsv}; {dv or 'no docker'}; {seconds} s per level after "
       "CONCURRENCY warm-up runs; one run of scripts/bench-serve.sh, sides alternating per level; "
       f"load average {load0} before, {load1} after (other work on the machine counts).\n")
-print("| concurrency | nsrun runs/s | nsrun p50 (ms) | nsrun p99 (ms) | docker runs/s | docker p50 (ms) | docker p99 (ms) | nsrun / docker |")
-print("|---|---|---|---|---|---|---|---|")
+print("| concurrency | nsrun runs/s | nsrun p50 (ms) | nsrun p99 (ms) | nsrun CPU/run (ms) | docker runs/s | docker p50 (ms) | docker p99 (ms) | nsrun / docker |")
+print("|---|---|---|---|---|---|---|---|---|")
+import os
+tck = os.sysconf("SC_CLK_TCK")
+def cpu(r):
+    n = (r or {}).get("completed", 0)  # warm-up runs and those ending after the window included
+    return "–" if not r or "serverCpuTicks" not in r or not n else f"{r['serverCpuTicks'] * 1000 / tck / n:.1f}"
 for c in levels:
     n, d = by.get(("nsrun", c)), by.get(("docker", c))
     f = lambda r, k: "–" if r is None or r.get(k) is None else f"{r[k]:.1f}"
     ratio = f"{n['runsPerSecond'] / d['runsPerSecond']:.1f}x" if n and d and d["runsPerSecond"] else "–"
-    print(f"| {c} | {f(n,'runsPerSecond')} | {f(n,'p50Ms')} | {f(n,'p99Ms')} | {f(d,'runsPerSecond')} | {f(d,'p50Ms')} | {f(d,'p99Ms')} | {ratio} |")
+    print(f"| {c} | {f(n,'runsPerSecond')} | {f(n,'p50Ms')} | {f(n,'p99Ms')} | {cpu(n)} | {f(d,'runsPerSecond')} | {f(d,'p50Ms')} | {f(d,'p99Ms')} | {ratio} |")
 errs = [r for r in rows if r["errors"]]
 if errs:
     print("\nFailed runs (not counted): " + "; ".join(f"{r['api']} c{r['concurrency']}: {r['errors']} (first: `{r.get('firstError','')[:300]}`)" for r in errs))

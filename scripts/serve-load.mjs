@@ -64,6 +64,7 @@ async function oneRun(agent) {
 
 const latencies = [];
 let errors = 0;
+let completed = 0; // every successful run, warm-up and those ending after the window included
 let firstError = "";
 let warm = concurrency;
 let stop = false;
@@ -76,6 +77,7 @@ async function worker() {
     const start = process.hrtime.bigint();
     try {
       await oneRun(agent);
+      completed += 1;
       const ms = Number(process.hrtime.bigint() - start) / 1e6;
       if (warm > 0) {
         warm -= 1;
@@ -117,6 +119,7 @@ const out = {
   p50Ms: pct(50) && Number(pct(50).toFixed(2)),
   p99Ms: pct(99) && Number(pct(99).toFixed(2)),
   errors,
+  completed,
   ...(firstError ? { firstError } : {}),
 };
 console.log(JSON.stringify(out));
