@@ -17,7 +17,7 @@ die() { echo "test.sh: $*" >&2; exit 1; }
 
 # --- packages ------------------------------------------------------------------------------------
 pkgs=(busybox-static libseccomp-dev pkg-config uidmap docker-registry openssl apache2-utils gcc libc6-dev util-linux procps libcap2-bin hyperfine bubblewrap gnuplot-nox
-  docker.io podman passt slirp4netns nftables iproute2)
+  docker.io podman passt slirp4netns nftables iproute2 curl)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

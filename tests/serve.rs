@@ -466,6 +466,25 @@ fn tokens_authenticate_and_reload_on_sighup() {
         assert_eq!(st, 401);
         let (st, _) = get_text(a, "/metrics", Some(&tok)).await;
         assert_eq!(st, 200);
+        // The scheme is case-insensitive; another scheme is not a token.
+        let lower =
+            request("GET", "/metrics", None).header("authorization", format!("bearer {tok}"));
+        assert_eq!(
+            send(a, lower.body(full("")).unwrap())
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        let basic =
+            request("GET", "/metrics", None).header("authorization", format!("Basic {tok}"));
+        assert_eq!(
+            send(a, basic.body(full("")).unwrap())
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
 
         // Revoked in the file: still good until SIGHUP.
         let o = Command::new(nsrun_bin())
@@ -1227,4 +1246,262 @@ fn tls_and_client_certificates() {
             assert_ne!(code, 0, "mTLS let a client without a certificate in");
         }
     }
+}
+
+/// Bad flags and files: one line, exit 125, and no state directory left behind.
+#[test]
+fn bad_serve_flags_fail_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    token_new(&tokens, "acme", &["--allow-image", "*"]);
+    let t = tokens.to_str().unwrap();
+    let state = dir.path().join("state");
+    let st = state.to_str().unwrap();
+    let none = dir.path().join("none.json");
+    for (args, want) in [
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--tokens",
+                none.to_str().unwrap(),
+            ],
+            "none.json",
+        ),
+        (
+            vec!["--listen", "nonsense", "--tokens", t],
+            "--listen nonsense",
+        ),
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--tokens",
+                t,
+                "--tls-cert",
+                t,
+                "--tls-key",
+                t,
+            ],
+            "--tls-cert",
+        ),
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--tokens",
+                t,
+                "--max-body",
+                "lots",
+            ],
+            "--max-body",
+        ),
+    ] {
+        let o = Command::new(nsrun_bin())
+            .arg("serve")
+            .args(&args)
+            .args(["--state-dir", st, "--root"])
+            .arg(dir.path().join("root"))
+            .output()
+            .unwrap();
+        assert_code(&o, 125);
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!state.exists(), "{args:?} left the state directory");
+    }
+    // A policy file that is not one.
+    std::fs::write(
+        &tokens,
+        r#"{"tenants": [{"tenant": "a", "tokenSha256": "xyz", "created": ""}]}"#,
+    )
+    .unwrap();
+    let o = Command::new(nsrun_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens",
+            t,
+            "--state-dir",
+            st,
+        ])
+        .output()
+        .unwrap();
+    assert_code(&o, 125);
+    assert!(stderr(&o).contains("tokenSha256"), "{}", stderr(&o));
+    // token new needs at least one --allow-image; serve needs --tokens: the line names them.
+    let o = Command::new(nsrun_bin())
+        .args(["token", "new", "--tokens", t, "--tenant", "b"])
+        .output()
+        .unwrap();
+    assert_code(&o, 125);
+    assert!(stderr(&o).contains("--allow-image"), "{}", stderr(&o));
+    let o = Command::new(nsrun_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_code(&o, 125);
+    assert!(stderr(&o).contains("--tokens"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1);
+}
+
+/// An upload that breaks off, or goes over --max-upload, leaves no file and gives its tenant's
+/// slot back.
+#[test]
+fn a_failed_upload_leaves_nothing() {
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let s = Server::start("tcp", &["--max-upload", "1m"], |t| {
+        tok = token_new(
+            t,
+            "acme",
+            &["--allow-image", &image_pattern(), "--max-concurrent", "1"],
+        );
+    });
+    let a = &s.addr;
+    let boundary = "nsrunB";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"request\"\r\n\r\n{}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"input\"; filename=\"f\"\r\n\r\n",
+        sh_run("true")
+    );
+    let state_entries = || {
+        std::fs::read_dir(s.dir().join("state"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+    };
+    rt().block_on(async {
+        let post = |parts: Vec<Result<Bytes, std::io::Error>>| {
+            let body = StreamBody::new(futures_util::stream::iter(
+                parts.into_iter().map(|p| p.map(Frame::data)),
+            ))
+            .boxed();
+            send(
+                a,
+                request("POST", "/v1/runs?wait=true", Some(&tok))
+                    .header(
+                        "content-type",
+                        format!("multipart/form-data; boundary={boundary}"),
+                    )
+                    .body(body)
+                    .unwrap(),
+            )
+        };
+        // The client breaks off mid-file.
+        let chunk = Bytes::from(vec![b'x'; 64 << 10]);
+        let r = post(vec![
+            Ok(Bytes::from(head.clone())),
+            Ok(chunk.clone()),
+            Err(std::io::Error::other("client gave up")),
+        ])
+        .await;
+        assert!(r.is_err() || r.unwrap().status() == 400);
+        // Over --max-upload: 413 (or the connection closed under the client's feet).
+        let mut parts = vec![Ok(Bytes::from(head.clone()))];
+        parts.extend(std::iter::repeat_n(chunk, 40).map(Ok));
+        if let Ok(resp) = post(parts).await {
+            assert_eq!(resp.status(), 413);
+        }
+        assert!(
+            wait_until(Duration::from_secs(10), || state_entries().is_empty()),
+            "left in the state directory: {:?}",
+            state_entries()
+        );
+        // The tenant's one slot is free again.
+        let (st, v) = call(
+            a,
+            "POST",
+            "/v1/runs?wait=true",
+            Some(&tok),
+            Some(sh_run("echo ok")),
+        )
+        .await;
+        assert_eq!(
+            (st, v["result"]["stdout"].as_str()),
+            (200, Some("ok\n")),
+            "{v}"
+        );
+    });
+}
+
+/// A request whose upload is still arriving when SIGTERM comes gets 503 and starts no run;
+/// the server then exits at once and leaves nothing.
+#[test]
+fn an_upload_in_flight_at_sigterm_gets_503() {
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let mut s = Server::start("tcp", &["--shutdown-timeout", "20"], |t| {
+        tok = token_new(t, "acme", &["--allow-image", &image_pattern()]);
+    });
+    let a = s.addr.clone();
+    let boundary = "nsrunB";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"request\"\r\n\r\n{}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"input\"; filename=\"f\"\r\n\r\nsome",
+        sh_run("true")
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let rt = rt();
+    let resp = rt.spawn(async move {
+        let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+        }))
+        .boxed();
+        send(
+            &a,
+            request("POST", "/v1/runs?wait=true", Some(&tok))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(body)
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+    });
+    rt.block_on(async {
+        tx.send(Bytes::from(head)).await.unwrap();
+        // The request part has arrived once the run's directory exists.
+        let state = s.dir().join("state");
+        let arrived = || std::fs::read_dir(&state).unwrap().next().is_some();
+        for _ in 0..1000 {
+            if arrived() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(arrived(), "the upload never reached the server");
+        s.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(wait_until(Duration::from_secs(10), || s
+            .stderr()
+            .contains("shutting down")));
+        tx.send(Bytes::from(format!(" more\r\n--{boundary}--\r\n")))
+            .await
+            .unwrap();
+        drop(tx);
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 503);
+        let v: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(v["error"]["code"], "shutting_down");
+    });
+    // No run to wait for: the server is gone well before --shutdown-timeout.
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        s.stderr()
+    );
+    assert!(audited(&s).is_empty(), "a run started during shutdown");
+    assert!(!s.dir().join("state").exists());
 }

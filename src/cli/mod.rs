@@ -103,10 +103,17 @@ fn with_subcommand(mut args: Vec<String>) -> Vec<String> {
 fn one_line(e: &clap::Error) -> String {
     let text = e.render().to_string();
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines
+    let mut first = lines
         .next()
         .unwrap_or("invalid arguments")
-        .trim_start_matches("error: ");
+        .trim_start_matches("error: ")
+        .to_string();
+    // "the following required arguments were not provided:" names them on the next line.
+    if first.ends_with(':') {
+        if let Some(next) = lines.next() {
+            first = format!("{first} {next}");
+        }
+    }
     let tip = lines
         .find_map(|l| l.strip_prefix("tip: "))
         .map(|t| format!(" ({t})"))

@@ -102,11 +102,13 @@ pub fn auth(srv: &Server, headers: &HeaderMap) -> ApiResult<Arc<Tenant>> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <token>"))?;
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
         .ok_or_else(|| unauthorized("Authorization must be \"Bearer <token>\""))?;
     srv.keys()
         .authenticate(token)
@@ -247,11 +249,7 @@ async fn post_run_inner(
     let srv = srv.clone();
     let tenant = auth(&srv, &headers)?;
     if srv.stopping.load(Ordering::SeqCst) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down",
-        ));
+        return Err(shutting_down());
     }
     let wait = match q.wait.as_deref() {
         None | Some("false") | Some("0") => false,
@@ -279,6 +277,10 @@ async fn post_run_inner(
             format!("Content-Type {ctype:?}: send application/json or multipart/form-data"),
         ));
     };
+    // An upload may have been arriving when the stop came: it does not start a run then.
+    if srv.stopping.load(Ordering::SeqCst) {
+        return Err(shutting_down());
+    }
     let run = run.start(&srv);
     if wait {
         run.wait_ended().await;
@@ -305,6 +307,14 @@ pub async fn read_capped(body: Body, cap: u64) -> ApiResult<Vec<u8>> {
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the server is shutting down",
+    )
 }
 
 /// A refusal of a rate rule as a 429.

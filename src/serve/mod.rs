@@ -353,6 +353,8 @@ pub async fn serve(config: Config, runtime: Runtime) -> Result<(), ServeError> {
     });
     let app = api::router(srv.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let stop_all = stop_tx.clone();
 
     // Signals: SIGHUP reloads, SIGTERM/SIGINT stop.
     let s2 = srv.clone();
@@ -410,27 +412,31 @@ pub async fn serve(config: Config, runtime: Runtime) -> Result<(), ServeError> {
             Bound::Tls(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
         }
     };
-    // After the stop signal: runs may go on until the deadline, then they are cancelled.
+    // After the stop signal: runs may go on until the deadline, then they are cancelled —
+    // again and again, so that a run whose upload was still arriving at the deadline is too.
     let s4 = srv.clone();
     let mut rx = stop_rx.clone();
     let deadline = tokio::spawn(async move {
         let _ = rx.wait_for(|s| *s).await;
-        let all_ended = async {
-            for r in s4.runs.all() {
-                r.wait_ended().await;
+        let t0 = tokio::time::Instant::now();
+        let mut said = false;
+        loop {
+            let live: Vec<_> = s4
+                .runs
+                .all()
+                .into_iter()
+                .filter(|r| !r.state().ended())
+                .collect();
+            if t0.elapsed() >= s4.config.shutdown_timeout {
+                if !said && !live.is_empty() {
+                    eprintln!("nsrun serve: shutdown timeout: cancelling the runs still going");
+                    said = true;
+                }
+                for r in &live {
+                    r.cancel.send_replace(true);
+                }
             }
-        };
-        if tokio::time::timeout(s4.config.shutdown_timeout, all_ended)
-            .await
-            .is_err()
-        {
-            eprintln!("nsrun serve: shutdown timeout: cancelling the runs still going");
-            for r in s4.runs.all() {
-                r.cancel.send_replace(true);
-            }
-        }
-        for r in s4.runs.all() {
-            r.wait_ended().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
     let mut server = std::pin::pin!(server);
@@ -444,14 +450,17 @@ pub async fn serve(config: Config, runtime: Runtime) -> Result<(), ServeError> {
             tokio::time::sleep(config.shutdown_timeout + Duration::from_secs(15)).await;
         } => Ok(()),
     };
-    // Runs cancelled at the deadline end within moments; wait for their records.
-    let _ = deadline.await;
-    signals.abort();
-    sweeper.abort();
-    // Every run's driver has recorded its end; wait for the audit and cleanup of the last ones.
-    while srv.runs.counts() != (0, 0) {
+    // Should the server have ended without a signal, the runs still end.
+    srv.stopping.store(true, Ordering::SeqCst);
+    let _ = stop_all.send(true);
+    // Every run's driver records its end (the runner has removed its scratch and written its
+    // audit record by then).
+    while srv.runs.all().iter().any(|r| !r.state().ended()) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    deadline.abort();
+    signals.abort();
+    sweeper.abort();
     if let Some(p) = socket {
         let _ = std::fs::remove_file(p);
     }

@@ -13,6 +13,9 @@ use super::api::{auth, find, ApiError};
 use super::state::Run;
 use super::Server;
 
+/// How long a stream stays silent at most: then a comment line goes out.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
 pub async fn events(
     State(srv): State<Arc<Server>>,
     Path(id): Path<String>,
@@ -70,7 +73,16 @@ fn stream(
             if ended {
                 return None;
             }
-            run.wait_events(cursor).await;
+            // A quiet run still shows signs of life, so that proxies keep the stream open.
+            if tokio::time::timeout(KEEPALIVE, run.wait_events(cursor))
+                .await
+                .is_err()
+            {
+                return Some((
+                    Ok(bytes::Bytes::from_static(b": keepalive\n\n")),
+                    (run, cursor, false),
+                ));
+            }
         }
     })
 }
