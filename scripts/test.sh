@@ -34,6 +34,17 @@ if ((${#missing[@]})); then
   if $no_policy; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 command -v cargo >/dev/null || die "cargo not found (install Rust with rustup)"
+# The TypeScript client's tests (Node >= 18; Debian 12's nodejs is 18). A node from elsewhere
+# (nodesource) brings its own npm, which Debian's npm package would conflict with.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  log "installing nodejs npm"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+if ! dpkg -s python3-yaml >/dev/null 2>&1; then # scripts/check-deploy-doc.py
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml >/dev/null
+fi
 
 # --- the unprivileged user -----------------------------------------------------------------------
 user=nsrun-test
@@ -95,6 +106,15 @@ log "tests as root"
 export NSRUN_BIN=$repo/target/debug/nsrun
 cargo test --quiet --no-fail-fast 2>&1
 
+# --- the TypeScript client (clients/typescript) against a real `nsrun serve` ---------------------
+log "TypeScript client: npm ci, build, node --test (as root)"
+(cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+export NSRUN_TEST_IMAGE=$NSRUN_TEST_REGISTRY/tsclient/busybox:latest
+target/debug/examples/push_rootfs "$NSRUN_TEST_ROOTFS" "$NSRUN_TEST_IMAGE" >/dev/null
+(cd clients/typescript && node --test test/*.test.mjs)
+log "docs/deploy.md: the compose file and systemd unit"
+scripts/check-deploy-doc.py
+
 # --- inside Docker and podman containers (the worker runs as uid 1000 in there) -------------------
 log "nsrun inside Docker and podman containers"
 scripts/container-test.sh target/debug/nsrun "$NSRUN_TEST_ROOTFS"
@@ -128,5 +148,14 @@ for exe in $exes; do
     $(env | grep -E '^NSRUN_TEST_REGISTRY' | tr '\n' ' ') \
     "$state/bin/$name" --test-threads=2) || fail=1
 done
+mkdir -p "$state/tsclient"
+cp -r clients/typescript/{package.json,dist,test,node_modules} "$state/tsclient/"
+chmod -R a+rX "$state/tsclient"
+echo "-- TypeScript client (as $user)"
+(cd "$state/tsclient" && setpriv --reuid="$user" --regid="$user" --init-groups \
+  env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$(getent passwd "$user" | cut -d: -f6)" \
+  CI="${CI:-}" NSRUN_BIN="$state/bin/nsrun" NSRUN_TEST_IMAGE="$NSRUN_TEST_IMAGE" \
+  $(env | grep -E '^NSRUN_TEST_REGISTRY' | tr '\n' ' ') \
+  node --test test/*.test.mjs) || fail=1
 ((fail == 0)) || die "some tests failed as $user"
 log "all tests passed as root and as $user"
