@@ -37,7 +37,7 @@ pub struct RunArgs {
     /// Keep stdin open and pass it to the tool (otherwise it reads /dev/null).
     #[arg(short = 'i', long)]
     pub interactive: bool,
-    /// Allocate a pseudo-TTY (not supported yet: refused rather than ignored).
+    /// Allocate a pseudo-TTY from the run's own /dev/pts (stdout and stderr both go to it).
     #[arg(short = 't', long)]
     pub tty: bool,
     /// Container hostname (default: the first 12 digits of the run id).
@@ -176,8 +176,16 @@ pub struct RunArgs {
 /// Turns the flags into a run request and the runtime to run it with. Every flag value is
 /// checked here, before anything is created; the image rules and the cache are the runner's.
 pub fn request(a: &RunArgs) -> Result<(Runtime, RunSpec), Failure> {
-    if a.tty {
-        return Err(Failure::usage("--tty is not supported yet; run without -t"));
+    if a.tty && a.json {
+        return Err(Failure::usage(
+            "-t and --json: a terminal's output cannot be captured; drop one of them",
+        ));
+    }
+    if a.tty && a.interactive && !nsrun::sandbox::tty::is_terminal(0) {
+        // Docker's refusal, for the same reason: raw mode and window sizes need a terminal.
+        return Err(Failure::usage(
+            "the input device is not a TTY: drop -t, or run from a terminal",
+        ));
     }
     if a.interactive && a.images.password_stdin {
         return Err(Failure::usage(
@@ -227,6 +235,7 @@ pub fn request(a: &RunArgs) -> Result<(Runtime, RunSpec), Failure> {
     if a.interactive {
         s.stdin = Stdin::Inherit;
     }
+    s.tty = a.tty;
     s.hostname = a.hostname.clone();
     s.binds = a
         .volumes

@@ -638,6 +638,11 @@ fn prepare_base(inner: &Inner, spec: &RunSpec, run_id: &str) -> Result<Prepared,
         ..defaults
     };
     s.stdin = !matches!(spec.stdin, Stdin::Null);
+    s.tty = spec.tty;
+    s.stop_signal = spec.stop_signal.clone();
+    s.ulimits = spec.ulimits.clone();
+    s.shm_size = spec.shm_size;
+    s.group_add = spec.group_add.clone();
     s.state_dir = Some(inner.root.clone());
     s.run_id = Some(run_id.to_string());
     crate::sandbox::plan::check(&s).map_err(|e| Error::bad_spec(e.to_string()))?;
@@ -888,6 +893,11 @@ async fn run_inner(
     t0: Instant,
 ) -> Result<RunResult, Error> {
     let run_id = rec.run_id.clone();
+    if spec.tty {
+        return Err(Error::bad_spec(
+            "a terminal (tty) needs Runtime::run_here: a run through the helper captures its output",
+        ));
+    }
     // A bad spec fails at once, without waiting for a slot.
     let mut prep = prepare_base(inner, spec, &run_id)?;
     rec.fill(&prep.sandbox);

@@ -159,6 +159,17 @@ pub struct RunSpec {
     pub pull: Option<PullPolicy>,
     /// Capture at most this many bytes of stdout and of stderr (`None`: the runtime's cap).
     pub capture_limit: Option<usize>,
+    /// A pseudo-terminal for the tool (`-t`); only with [`super::Runtime::run_here`], which
+    /// relays it to the caller's own stdio.
+    pub tty: bool,
+    /// The tool's stop signal (default: the image's `StopSignal`, else SIGTERM).
+    pub stop_signal: Option<String>,
+    /// `--ulimit`s (see [`crate::sandbox::ulimit`]).
+    pub ulimits: Vec<crate::sandbox::ulimit::Ulimit>,
+    /// Size cap of `/dev/shm` (default 64 MiB).
+    pub shm_size: Option<u64>,
+    /// Extra supplementary groups (names of the image's `/etc/group`, or gids).
+    pub group_add: Vec<String>,
 }
 
 impl RunSpec {
@@ -193,6 +204,11 @@ impl RunSpec {
             labels: BTreeMap::new(),
             pull: None,
             capture_limit: None,
+            tty: false,
+            stop_signal: None,
+            ulimits: Vec::new(),
+            shm_size: None,
+            group_add: Vec::new(),
         }
     }
 

@@ -20,6 +20,8 @@ pub mod spawn;
 pub mod spec;
 mod sys;
 pub mod syscall_probe;
+pub mod tty;
+pub mod ulimit;
 pub mod user;
 
 pub use spawn::{check_stdio, run, Outcome, RunError, Stdio, Termination};

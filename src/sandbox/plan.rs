@@ -48,6 +48,10 @@ pub enum PlanError {
     Nul(String),
     #[error("invalid run id {0:?}: expected 12 to 64 lowercase hex digits")]
     BadRunId(String),
+    /// A bad `--stop-signal`/`StopSignal` or `--ulimit`, or a `--group-add` the user namespace
+    /// cannot express (the message says which).
+    #[error("{0}")]
+    Option(String),
 }
 
 /// Checks a caller-chosen run id: it names cgroups and scratch directories, so only hex digits.
@@ -110,6 +114,10 @@ pub struct Plan {
     /// Where the caller's argument and environment strings sit in memory, which pid 1 (a fork of
     /// the caller that never execs) overwrites: see [`caller_memory`].
     pub caller_memory: [(usize, usize); 2],
+    /// `-t`: the terminal's initial rows and columns (see [`super::tty`]).
+    pub tty: Option<(u16, u16)>,
+    /// What pid 1 sends the tool in place of a SIGTERM (`--stop-signal`).
+    pub stop_signal: libc::c_int,
 }
 
 /// The tool's own user namespace, nested in the run's, for a tool that holds CAP_SYS_ADMIN.
@@ -216,6 +224,17 @@ impl Plan {
         // Supplementary groups the namespace cannot express are left out (setgroups would fail).
         let mut ident = ident;
         ident.groups.retain(|g| idmap.host_gid(*g).is_some());
+        for g in user::resolve_groups(&spec.group_add, &spec.rootfs)? {
+            if !idmap.setgroups || idmap.host_gid(g).is_none() {
+                return Err(PlanError::Option(format!(
+                    "--group-add {g}: this run's user namespace cannot hold supplementary \
+                     groups (rootless without /etc/subgid, or a gid outside the mapping)"
+                )));
+            }
+            if g != ident.gid && !ident.groups.contains(&g) {
+                ident.groups.push(g);
+            }
+        }
         let exec = exec_plan(&spec.args, env, &cwd, &ident, idmap.setgroups)?;
 
         let setup_ids = (
@@ -256,6 +275,11 @@ impl Plan {
             seccomp,
             nest,
             caller_memory: caller_memory(),
+            tty: spec.tty.then(|| {
+                let ws = super::tty::caller_size();
+                (ws.ws_row, ws.ws_col)
+            }),
+            stop_signal: stop_signal(spec)?,
         })
     }
 }
@@ -273,6 +297,10 @@ pub fn check(spec: &SandboxSpec) -> Result<(), PlanError> {
     }
     working_dir(spec)?;
     check_limits(spec)?;
+    stop_signal(spec)?;
+    for u in &spec.ulimits {
+        u.check().map_err(PlanError::Option)?;
+    }
     if let Some(h) = &spec.hostname {
         check_hostname(h)?;
     }
@@ -294,6 +322,15 @@ pub fn check(spec: &SandboxSpec) -> Result<(), PlanError> {
     Ok(())
 }
 
+/// The signal that stops the tool: the spec's, else SIGTERM.
+fn stop_signal(spec: &SandboxSpec) -> Result<libc::c_int, PlanError> {
+    spec.stop_signal
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map_or(Ok(libc::SIGTERM), super::ulimit::parse_signal)
+        .map_err(PlanError::Option)
+}
+
 /// Docker's floor for `--memory`: below it the run dies of OOM before the tool starts.
 const MIN_MEMORY: u64 = 6 << 20;
 
@@ -306,6 +343,9 @@ fn check_limits(spec: &SandboxSpec) -> Result<(), PlanError> {
     }
     if spec.tmp_size == 0 {
         return Err(PlanError::ZeroSize("/tmp".into()));
+    }
+    if spec.shm_size == Some(0) {
+        return Err(PlanError::ZeroSize("/dev/shm".into()));
     }
     if let Some(t) = spec.tmpfs.iter().find(|t| t.size == 0) {
         return Err(PlanError::ZeroSize(t.target.clone()));

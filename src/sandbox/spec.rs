@@ -77,6 +77,24 @@ pub struct SandboxSpec {
     /// records (scratch directory, audit) carry the same id as the cgroup and the hostname;
     /// `None`: a fresh random one.
     pub run_id: Option<String>,
+    /// A pseudo-terminal for the tool (`-t`), allocated from the run's own devpts: the tool's
+    /// stdin, stdout and stderr are its slave, and the caller's stdio are relayed to and from
+    /// the master (see [`super::tty`]). Only for runs in the calling process
+    /// ([`super::run`]); stderr then goes to the terminal too, as with Docker.
+    pub tty: bool,
+    /// The signal that asks the tool to stop (`--stop-signal`, or the image's `StopSignal`):
+    /// sent on timeout and in place of a SIGTERM nsrun receives, before SIGKILL after
+    /// `stop_timeout`. A name (`SIGQUIT`, `QUIT`, `SIGRTMIN+3`) or a number; `None`: SIGTERM.
+    pub stop_signal: Option<String>,
+    /// Resource limits of the tool's processes (`--ulimit`), set by the parent on the run's
+    /// pid 1 before it starts, so that raising a hard limit needs the caller's own privilege
+    /// (root), never the container's.
+    pub ulimits: Vec<super::ulimit::Ulimit>,
+    /// Size cap of `/dev/shm` in bytes (`--shm-size`; default 64 MiB).
+    pub shm_size: Option<u64>,
+    /// Extra supplementary groups of the tool (`--group-add`): names of the container's
+    /// `/etc/group` or numeric gids.
+    pub group_add: Vec<String>,
 }
 
 impl Default for SandboxSpec {
@@ -124,6 +142,11 @@ impl SandboxSpec {
             state_dir: None,
             proc: ProcMode::Fresh,
             run_id: None,
+            tty: false,
+            stop_signal: None,
+            ulimits: Vec::new(),
+            shm_size: None,
+            group_add: Vec::new(),
         }
     }
 }
