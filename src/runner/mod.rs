@@ -363,7 +363,10 @@ impl Runtime {
         stdio: crate::sandbox::Stdio,
     ) -> Result<RunResult, Error> {
         let started_at = SystemTime::now();
-        let run_id = crate::sandbox::plan::new_run_id();
+        let run_id = spec
+            .run_id
+            .clone()
+            .unwrap_or_else(crate::sandbox::plan::new_run_id);
         let mut rec = Recorder::new(&self.inner, &spec, &run_id, started_at);
         let r = self.run_here_inner(&mut spec, stdio, &mut rec);
         rec.audit(&self.inner, &r);
@@ -870,7 +873,10 @@ async fn run_task(
 ) -> Result<RunResult, Error> {
     let t0 = Instant::now();
     let started_at = SystemTime::now();
-    let run_id = crate::sandbox::plan::new_run_id();
+    let run_id = spec
+        .run_id
+        .clone()
+        .unwrap_or_else(crate::sandbox::plan::new_run_id);
     let mut rec = Recorder::new(&inner, &spec, &run_id, started_at);
     let r = run_inner(&inner, &mut spec, &tx, &mut kill, ticket, &mut rec, t0).await;
     if let Err(e) = &r {

@@ -170,6 +170,9 @@ pub struct RunSpec {
     pub shm_size: Option<u64>,
     /// Extra supplementary groups (names of the image's `/etc/group`, or gids).
     pub group_add: Vec<String>,
+    /// The run id, when the caller chose it beforehand (12 to 64 lowercase hex digits, e.g.
+    /// from [`crate::sandbox::plan::new_run_id`]); `None`: a fresh one.
+    pub run_id: Option<String>,
 }
 
 impl RunSpec {
@@ -209,6 +212,7 @@ impl RunSpec {
             ulimits: Vec::new(),
             shm_size: None,
             group_add: Vec::new(),
+            run_id: None,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod diagnose;
 pub mod idmap;
 mod init;
 pub mod masks;
+pub mod mount_opts;
 mod mounts;
 pub mod net;
 pub mod plan;

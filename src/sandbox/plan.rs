@@ -198,6 +198,10 @@ impl Plan {
         idmap.check_ids(ident.uid, ident.gid)?;
         let cwd = working_dir(spec)?;
         check_limits(spec)?;
+        for u in &spec.ulimits {
+            u.check().map_err(PlanError::Option)?;
+            u.check_allowed().map_err(PlanError::Option)?;
+        }
         let hostname = spec
             .hostname
             .clone()
@@ -300,6 +304,7 @@ pub fn check(spec: &SandboxSpec) -> Result<(), PlanError> {
     stop_signal(spec)?;
     for u in &spec.ulimits {
         u.check().map_err(PlanError::Option)?;
+        u.check_allowed().map_err(PlanError::Option)?;
     }
     if let Some(h) = &spec.hostname {
         check_hostname(h)?;

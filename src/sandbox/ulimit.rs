@@ -71,6 +71,39 @@ impl Ulimit {
         Ok(())
     }
 
+    /// Checks, before anything is created, that this process may set the limit: without
+    /// root, a hard limit above our own is refused (the kernel would say EPERM later).
+    pub fn check_allowed(&self) -> Result<(), String> {
+        let resource = self.resource()?;
+        if nix::unistd::geteuid().is_root() {
+            return Ok(());
+        }
+        let mut own = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into `own`.
+        if unsafe { libc::getrlimit(resource, &mut own) } != 0 {
+            return Ok(());
+        }
+        let want = self.hard.unwrap_or(libc::RLIM_INFINITY);
+        if own.rlim_max != libc::RLIM_INFINITY && want > own.rlim_max {
+            return Err(self.too_high(own.rlim_max));
+        }
+        Ok(())
+    }
+
+    fn too_high(&self, own: u64) -> String {
+        let own = (own != libc::RLIM_INFINITY).then_some(own);
+        format!(
+            "--ulimit {}={}:{}: raising the hard limit above nsrun's own ({}) needs root",
+            self.name,
+            show(self.soft),
+            show(self.hard),
+            show(own)
+        )
+    }
+
     /// Sets the limit on process `pid` (the run's pid 1, before it starts the tool). A hard
     /// limit above the caller's own needs root: say so in one line.
     pub fn apply(&self, pid: libc::pid_t) -> Result<(), String> {
@@ -92,14 +125,7 @@ impl Ulimit {
             };
             // SAFETY: getrlimit writes one rlimit into `own`.
             unsafe { libc::getrlimit(resource, &mut own) };
-            let own_hard = (own.rlim_max != libc::RLIM_INFINITY).then_some(own.rlim_max);
-            return Err(format!(
-                "--ulimit {}={}:{}: raising the hard limit above nsrun's own ({}) needs root",
-                self.name,
-                show(self.soft),
-                show(self.hard),
-                show(own_hard)
-            ));
+            return Err(self.too_high(own.rlim_max));
         }
         Err(format!("--ulimit {}: prlimit: {err}", self.name))
     }
