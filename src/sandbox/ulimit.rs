@@ -3,9 +3,9 @@
 //! Ulimits are applied by the parent with `prlimit(2)` on the run's pid 1 before releasing it,
 //! and every process of the run inherits them. Done from outside because a user namespace gives
 //! no say over limits: raising a hard limit needs CAP_SYS_RESOURCE of the initial namespace,
-//! which container root never has. So as root any limit can be set; rootless, a hard limit can
-//! only be lowered (or kept), and asking for more is refused before the run with the limit
-//! nsrun itself has.
+//! which container root never has. So as root (with CAP_SYS_RESOURCE) any limit can be set;
+//! otherwise a hard limit can only be lowered (or kept), and asking for more is refused before
+//! the run with the limit nsrun itself has.
 
 use serde::{Deserialize, Serialize};
 
@@ -72,10 +72,17 @@ impl Ulimit {
     }
 
     /// Checks, before anything is created, that this process may set the limit: without
-    /// root, a hard limit above our own is refused (the kernel would say EPERM later).
+    /// CAP_SYS_RESOURCE (root's, which some containers drop), a hard limit above our own is
+    /// refused (the kernel would say EPERM later).
     pub fn check_allowed(&self) -> Result<(), String> {
         let resource = self.resource()?;
-        if nix::unistd::geteuid().is_root() {
+        if caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_SYS_RESOURCE,
+        )
+        .unwrap_or(false)
+        {
             return Ok(());
         }
         let mut own = libc::rlimit {
@@ -96,7 +103,8 @@ impl Ulimit {
     fn too_high(&self, own: u64) -> String {
         let own = (own != libc::RLIM_INFINITY).then_some(own);
         format!(
-            "--ulimit {}={}:{}: raising the hard limit above nsrun's own ({}) needs root",
+            "--ulimit {}={}:{}: raising the hard limit above nsrun's own ({}) needs root \
+             (CAP_SYS_RESOURCE)",
             self.name,
             show(self.soft),
             show(self.hard),
