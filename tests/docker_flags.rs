@@ -33,11 +33,14 @@ fn mount_line(mountinfo: &str, point: &str) -> String {
         .to_string()
 }
 
+/// What must hold of a run's stdout and stderr.
+type Check = Box<dyn Fn(&str, &str)>;
+
 /// One Docker spelling: flags, what to run, and what must hold of its output.
 struct Case {
     flags: Vec<String>,
     script: &'static str,
-    check: Box<dyn Fn(&str, &str)>,
+    check: Check,
 }
 
 fn case(flags: &[&str], script: &'static str, check: impl Fn(&str, &str) + 'static) -> Case {
@@ -418,13 +421,13 @@ impl UnderPty {
 }
 
 /// The parts of a terminal's settings raw mode changes.
-fn modes(t: &Termios) -> (u32, u32, u32, u32) {
-    (
-        t.input_flags.bits() as u32,
-        t.output_flags.bits() as u32,
-        t.local_flags.bits() as u32,
-        t.control_flags.bits() as u32,
-    )
+fn modes(t: &Termios) -> [libc::tcflag_t; 4] {
+    [
+        t.input_flags.bits(),
+        t.output_flags.bits(),
+        t.local_flags.bits(),
+        t.control_flags.bits(),
+    ]
 }
 
 #[test]
