@@ -95,6 +95,8 @@ pub fn parse_mount(s: &str) -> Result<MountArg, String> {
             );
             t.mode = mode;
             t.read_only = read_only;
+            // Docker's default for tmpfs mounts, as with --tmpfs.
+            t.noexec = true;
             Ok(MountArg::Tmpfs(t))
         }
         Some("volume") => Err(bad(

@@ -55,7 +55,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Parses `--tmpfs PATH[:OPTIONS]`: Docker's comma-separated options `rw`, `ro`, `exec`,
 /// `noexec`, `nosuid`, `nodev`, `size=SIZE`, `mode=OCTAL`, and nsrun's own bare `SIZE`.
-/// `suid` and `dev` are refused (every tmpfs of a run is nosuid and nodev).
+/// Docker's defaults: noexec (`exec` lifts it), nosuid, nodev. `suid` and `dev` are refused
+/// (every tmpfs of a run is nosuid and nodev).
 pub fn parse_tmpfs(s: &str) -> Result<TmpfsMount, String> {
     let (target, opts) = s.split_once(':').unwrap_or((s, ""));
     if !target.starts_with('/') {
@@ -67,7 +68,8 @@ pub fn parse_tmpfs(s: &str) -> Result<TmpfsMount, String> {
         target: target.into(),
         size: DEFAULT_TMP_SIZE,
         read_only: false,
-        noexec: false,
+        // Docker mounts every --tmpfs noexec unless told `exec`.
+        noexec: true,
         mode: None,
     };
     let bad = |why: String| format!("invalid tmpfs {s:?}: {why}");
@@ -205,6 +207,8 @@ mod tests {
         let t = parse_tmpfs("/x:ro,mode=700,size=1.5m").unwrap();
         assert_eq!((t.mode, t.read_only, t.size), (Some(0o700), true, 3 << 19));
         assert_eq!(parse_tmpfs("/x:16m").unwrap().size, 16 << 20);
+        assert!(parse_tmpfs("/x").unwrap().noexec);
+        assert!(!parse_tmpfs("/x:exec").unwrap().noexec);
         assert_eq!(parse_tmpfs("/x").unwrap().size, DEFAULT_TMP_SIZE);
         for bad in [
             "x:16m",

@@ -185,7 +185,8 @@ pub struct TmpfsMount {
     /// Mounted read-only (Docker's `ro`).
     #[serde(default)]
     pub read_only: bool,
-    /// Mounted noexec (Docker's `noexec`).
+    /// Mounted noexec (Docker's `noexec`; the CLI's `--tmpfs` and `--mount type=tmpfs` set it
+    /// unless told `exec`, as Docker does).
     #[serde(default)]
     pub noexec: bool,
     /// Mode of its root directory (default 1777).
