@@ -438,7 +438,7 @@ fn t_gives_the_tool_a_terminal_of_the_runs_own_devpts_with_the_callers_size() {
             "sh",
             "-c",
             "tty; stty size; test -t 0 && test -t 1 && test -t 2 && echo all-ttys; \
-             ls /dev/pts; echo done",
+             ls /dev/pts; echo TERM=$TERM; echo done",
         ],
     );
     p.expect("done");
@@ -448,6 +448,7 @@ fn t_gives_the_tool_a_terminal_of_the_runs_own_devpts_with_the_callers_size() {
     assert!(out.contains("/dev/pts/0"), "{out}");
     assert!(out.contains("33 111"), "{out}");
     assert!(out.contains("all-ttys"), "{out}");
+    assert!(out.contains("TERM=xterm"), "{out}");
     // The run's own devpts instance: its first pty, and nothing of the host's.
     let listing: Vec<&str> = out
         .lines()

@@ -224,7 +224,12 @@ impl Plan {
         };
         let mounts = mounts::plan(spec, &cwd, sys_admin, &generated)?;
         let seccomp = seccomp::compile(&spec.seccomp, caps, spec.state_dir.as_deref())?;
-        let env = environment(&spec.env, &hostname, &ident)?;
+        // `-t`: Docker's TERM for a terminal, unless the image or the caller set one.
+        let mut env = spec.env.clone();
+        if spec.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.insert(0, "TERM=xterm".into());
+        }
+        let env = environment(&env, &hostname, &ident)?;
         // Supplementary groups the namespace cannot express are left out (setgroups would fail).
         let mut ident = ident;
         ident.groups.retain(|g| idmap.host_gid(*g).is_some());

@@ -80,7 +80,8 @@ pub struct SandboxSpec {
     /// A pseudo-terminal for the tool (`-t`), allocated from the run's own devpts: the tool's
     /// stdin, stdout and stderr are its slave, and the caller's stdio are relayed to and from
     /// the master (see [`super::tty`]). Only for runs in the calling process
-    /// ([`super::run`]); stderr then goes to the terminal too, as with Docker.
+    /// ([`super::run`]); stderr then goes to the terminal too, and `TERM=xterm` is set unless
+    /// `env` has a `TERM`, as with Docker.
     pub tty: bool,
     /// The signal that asks the tool to stop (`--stop-signal`, or the image's `StopSignal`):
     /// sent on timeout and in place of a SIGTERM nsrun receives, before SIGKILL after
