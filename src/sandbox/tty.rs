@@ -65,8 +65,9 @@ pub fn child_open(sock: RawFd, size: &libc::winsize, owner: (u32, u32)) -> Resul
         )
     })?;
     let unlock: libc::c_int = 0;
-    // SAFETY: TIOCSPTLCK reads one int; TIOCSWINSZ reads one winsize; both outlive the calls.
+    // SAFETY: TIOCSPTLCK reads one int, which outlives the call.
     check(unsafe { libc::ioctl(master, libc::TIOCSPTLCK, &unlock) })?;
+    // SAFETY: TIOCSWINSZ reads one winsize, which outlives the call.
     check(unsafe { libc::ioctl(master, libc::TIOCSWINSZ, size as *const libc::winsize) })?;
     // The peer by descriptor, not by name: no path to build, nothing to race with.
     // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor.
