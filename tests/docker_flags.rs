@@ -268,7 +268,8 @@ fn bad_docker_spellings_fail_in_one_line_with_125_and_leave_nothing() {
         vec!["--tmpfs", "/x:suid"],
         vec!["--tmpfs", "/x:size=lots"],
         vec!["--tmpfs", "/x:mode=999"],
-        vec!["--tmpfs", "/x:uid=0"],
+        vec!["--tmpfs", "/x:uid=me"],
+        vec!["--tmpfs", "/x:nr_inodes=5"],
         vec!["--tmpfs", "rel:1m"],
         vec!["-v", &format!("{d}:/b:rshared")],
         vec!["-v", &format!("{d}:/b:bogus")],
@@ -320,6 +321,8 @@ struct UnderPty {
     master: OwnedFd,
     slave: OwnedFd,
     out: Vec<u8>,
+    /// The terminal's settings before nsrun started.
+    before: Termios,
 }
 
 fn set_size(fd: &OwnedFd, rows: u16, cols: u16) {
@@ -339,7 +342,17 @@ fn set_size(fd: &OwnedFd, rows: u16, cols: u16) {
 impl UnderPty {
     fn start(flags: &[&str], cmd: &[&str]) -> UnderPty {
         let pty = nix::pty::openpty(None, None).expect("openpty");
+        // openpty's descriptors are inherited across exec: without this, the nsrun of a test
+        // running alongside would hold our master open, and our terminal would never hang up.
+        for fd in [&pty.master, &pty.slave] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .unwrap();
+        }
         set_size(&pty.master, 33, 111);
+        let before = termios::tcgetattr(pty.slave.as_fd()).unwrap();
         let mut c = Command::new(nsrun_bin());
         c.arg("run")
             .arg("--rootfs")
@@ -364,6 +377,7 @@ impl UnderPty {
             master: pty.master,
             slave: pty.slave,
             out: Vec::new(),
+            before,
         }
     }
 
@@ -420,6 +434,14 @@ impl UnderPty {
     }
 }
 
+impl Drop for UnderPty {
+    /// A failed test leaves no nsrun behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The parts of a terminal's settings raw mode changes.
 fn modes(t: &Termios) -> [libc::tcflag_t; 4] {
     [
@@ -463,7 +485,7 @@ fn t_gives_the_tool_a_terminal_of_the_runs_own_devpts_with_the_callers_size() {
 #[test]
 fn it_is_an_interactive_shell_with_resizes_ctrl_c_and_the_terminal_restored() {
     let mut p = UnderPty::start(&["-i", "-t"], &["sh"]);
-    let before = p.termios();
+    let before = p.before.clone();
     p.write("stty size; echo A-$((6*7))\r");
     p.expect("A-42");
     assert!(p.output().contains("33 111"), "{}", p.output());
@@ -498,14 +520,14 @@ fn it_is_an_interactive_shell_with_resizes_ctrl_c_and_the_terminal_restored() {
 #[test]
 fn the_terminal_is_restored_on_timeout_and_on_a_signal_to_nsrun() {
     let mut p = UnderPty::start(&["-i", "-t", "--timeout", "1"], &["sleep", "30"]);
-    let before = p.termios();
+    let before = p.before.clone();
     let (code, after) = p.wait();
     assert_eq!(code, 124, "{}", p.output());
     assert_eq!(modes(&after), modes(&before));
 
     // (An interactive shell ignores SIGTERM, as in Docker: a plain tool here.)
     let mut p = UnderPty::start(&["-i", "-t"], &["sh", "-c", "echo up-$((6*7)); sleep 30"]);
-    let before = p.termios();
+    let before = p.before.clone();
     p.expect("up-42");
     // SIGTERM to nsrun: passed on as the tool's stop signal.
     nix::sys::signal::kill(
@@ -516,4 +538,23 @@ fn the_terminal_is_restored_on_timeout_and_on_a_signal_to_nsrun() {
     let (code, after) = p.wait();
     assert_eq!(code, 128 + libc::SIGTERM, "{}", p.output());
     assert_eq!(modes(&after), modes(&before));
+}
+
+#[test]
+fn a_caller_terminal_that_hangs_up_ends_the_run() {
+    let mut p = UnderPty::start(&["-i", "-t"], &["sh"]);
+    p.write("echo up-$((6*7))\r");
+    p.expect("up-42");
+    // The terminal goes away (an ssh session ends): nsrun gets SIGHUP and passes it on.
+    let devnull = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+    drop(std::mem::replace(&mut p.master, devnull));
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "nsrun outlived its terminal");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(128 + libc::SIGHUP));
 }

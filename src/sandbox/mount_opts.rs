@@ -54,7 +54,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Parses `--tmpfs PATH[:OPTIONS]`: Docker's comma-separated options `rw`, `ro`, `exec`,
-/// `noexec`, `nosuid`, `nodev`, `size=SIZE`, `mode=OCTAL`, and nsrun's own bare `SIZE`.
+/// `noexec`, `nosuid`, `nodev`, `size=SIZE`, `mode=OCTAL`, `uid=N`, `gid=N` (container ids), and
+/// nsrun's own bare `SIZE`.
 /// Docker's defaults: noexec (`exec` lifts it), nosuid, nodev. `suid` and `dev` are refused
 /// (every tmpfs of a run is nosuid and nodev).
 pub fn parse_tmpfs(s: &str) -> Result<TmpfsMount, String> {
@@ -71,6 +72,8 @@ pub fn parse_tmpfs(s: &str) -> Result<TmpfsMount, String> {
         // Docker mounts every --tmpfs noexec unless told `exec`.
         noexec: true,
         mode: None,
+        uid: None,
+        gid: None,
     };
     let bad = |why: String| format!("invalid tmpfs {s:?}: {why}");
     for opt in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
@@ -97,10 +100,20 @@ pub fn parse_tmpfs(s: &str) -> Result<TmpfsMount, String> {
                     .ok_or_else(|| bad(format!("mode {v:?}: expected octal, e.g. 1777")))?;
                 t.mode = Some(m);
             }
+            Some((k @ ("uid" | "gid"), v)) => {
+                let id = v
+                    .parse::<u32>()
+                    .map_err(|_| bad(format!("{k} {v:?}: expected a number")))?;
+                if k == "uid" {
+                    t.uid = Some(id);
+                } else {
+                    t.gid = Some(id);
+                }
+            }
             Some((k, _)) => {
                 return Err(bad(format!(
                     "unsupported option {k:?}: expected rw, ro, exec, noexec, nosuid, nodev, \
-                     size= or mode="
+                     size=, mode=, uid= or gid="
                 )))
             }
         }
@@ -210,11 +223,15 @@ mod tests {
         assert!(parse_tmpfs("/x").unwrap().noexec);
         assert!(!parse_tmpfs("/x:exec").unwrap().noexec);
         assert_eq!(parse_tmpfs("/x").unwrap().size, DEFAULT_TMP_SIZE);
+        let t = parse_tmpfs("/x:uid=1000,gid=100").unwrap();
+        assert_eq!((t.uid, t.gid), (Some(1000), Some(100)));
+        assert_eq!(t.data(), "size=67108864,mode=1777,uid=1000,gid=100");
         for bad in [
             "x:16m",
             "/x:suid",
             "/x:mode=999",
-            "/x:uid=0",
+            "/x:uid=me",
+            "/x:nr_inodes=1",
             "/x:size=lots",
         ] {
             assert!(parse_tmpfs(bad).is_err(), "{bad}");

@@ -467,7 +467,7 @@ pub fn plan(
     for (t, m) in &tmpfs_t {
         p.mountpoint(t, Kind::Dir, &fresh)?;
         fresh.push(t.path.clone());
-        let data = format!("size={},mode={:o}", m.size, m.mode.unwrap_or(0o1777));
+        let data = m.data();
         let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
         if m.read_only {
             flags |= libc::MS_RDONLY;

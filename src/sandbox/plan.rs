@@ -233,6 +233,23 @@ impl Plan {
         // Supplementary groups the namespace cannot express are left out (setgroups would fail).
         let mut ident = ident;
         ident.groups.retain(|g| idmap.host_gid(*g).is_some());
+        for t in &spec.tmpfs {
+            let unmapped = t
+                .uid
+                .filter(|u| idmap.host_uid(*u).is_none())
+                .map(|u| ("uid", u));
+            let unmapped = unmapped.or(t
+                .gid
+                .filter(|g| idmap.host_gid(*g).is_none())
+                .map(|g| ("gid", g)));
+            if let Some((k, id)) = unmapped {
+                return Err(PlanError::Option(format!(
+                    "--tmpfs {}: {k}={id} is not mapped in this run's user namespace \
+                     (rootless without subordinate ids maps only the tool's own ids)",
+                    t.target
+                )));
+            }
+        }
         for g in user::resolve_groups(&spec.group_add, &spec.rootfs)? {
             if !idmap.setgroups || idmap.host_gid(g).is_none() {
                 return Err(PlanError::Option(format!(

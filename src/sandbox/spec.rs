@@ -193,6 +193,11 @@ pub struct TmpfsMount {
     /// Mode of its root directory (default 1777).
     #[serde(default)]
     pub mode: Option<u32>,
+    /// Owner of its root directory, container ids (default root).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
 }
 
 impl TmpfsMount {
@@ -204,7 +209,21 @@ impl TmpfsMount {
             read_only: false,
             noexec: false,
             mode: None,
+            uid: None,
+            gid: None,
         }
+    }
+
+    /// The tmpfs mount options (`size=…,mode=…[,uid=…][,gid=…]`).
+    pub fn data(&self) -> String {
+        let mut d = format!("size={},mode={:o}", self.size, self.mode.unwrap_or(0o1777));
+        if let Some(u) = self.uid {
+            d.push_str(&format!(",uid={u}"));
+        }
+        if let Some(g) = self.gid {
+            d.push_str(&format!(",gid={g}"));
+        }
+        d
     }
 }
 
