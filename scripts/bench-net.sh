@@ -5,7 +5,7 @@
 # and slirp4netns), pasta alone, and host mode. Root only (it builds the test host); nothing
 # leaves the machine.
 #
-#   sudo scripts/bench-net.sh [RUNS]      # default 30 start-up runs, 5 downloads each
+#   scripts/bench-net.sh [RUNS]  (as root)      # default 30 start-up runs, 5 downloads each
 #
 # Needs: hyperfine, passt, slirp4netns, nftables, busybox-static, python3; podman for its rows
 # (skipped with a note when missing). NSRUN_BIN overrides the release build.
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-30}
 user=${NSRUN_BENCH_USER:-nsrun-test}
-[[ $(id -u) == 0 ]] || { echo "bench-net.sh: run as root" >&2; exit 2; }
+[[ $(id -u) == 0 ]] || { echo "bench-net.sh: needs root (it compares root and rootless runs): run it as root (sudo $0)" >&2; exit 2; }
 if [[ -z ${NSRUN_BIN:-} ]]; then
   cargo build --release --quiet
   NSRUN_BIN=target/release/nsrun

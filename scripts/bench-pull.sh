@@ -4,7 +4,7 @@
 # wall time and peak RSS (/usr/bin/time -v). Also the flattened-vs-overlay cache measurement
 # (examples/cache_layout).
 #
-#   sudo scripts/bench-pull.sh [RUNS]        # default 5 runs
+#   scripts/bench-pull.sh [RUNS]  (as root)        # default 5 runs
 #
 # The Debian rootfs is built once with debootstrap (minbase, bookworm, from the apt mirror) and
 # cached as target/bench-pull/debian-rootfs.tar (git-ignored). A registry is started with
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 runs=${1:-5}
 die() { echo "bench-pull.sh: $*" >&2; exit 1; }
-[[ $(id -u) == 0 ]] || die "run as root"
+[[ $(id -u) == 0 ]] || die "needs root (it starts a registry and compares with docker and podman): run it as root (sudo $0)"
 [[ -x /usr/bin/time ]] || die "/usr/bin/time missing: apt-get install time"
 command -v debootstrap >/dev/null || die "debootstrap missing: apt-get install debootstrap"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # nsrun inside Docker and podman containers, without --privileged: the recipe of docs/deploy.md.
 #
-#   sudo scripts/container-test.sh NSRUN_BINARY BUSYBOX_ROOTFS [--bench [RUNS [ROUNDS]]]
+#   scripts/container-test.sh (as root) NSRUN_BINARY BUSYBOX_ROOTFS [--bench [RUNS [ROUNDS]]]
 #
 # Starts a private dockerd (its own data root, exec root, pidfile and socket under a temp dir,
 # no bridge, no iptables; it stops with this script, and by itself after 15 minutes or when this
@@ -27,7 +27,7 @@ rootfs=$(realpath "${2:?busybox rootfs}")
 bench=0
 rounds=9
 if [[ ${3:-} == --bench ]]; then bench=${4:-30}; rounds=${5:-9}; fi
-[[ $(id -u) == 0 ]] || { echo "container-test.sh: run as root" >&2; exit 1; }
+[[ $(id -u) == 0 ]] || { echo "container-test.sh: needs root (it starts a private dockerd): run it as root (sudo $0)" >&2; exit 1; }
 for tool in dockerd docker podman; do
   command -v "$tool" >/dev/null || { echo "container-test.sh: $tool missing (apt-get install docker.io podman)" >&2; exit 1; }
 done

@@ -3,12 +3,12 @@
 # OCI registry, publish a busybox image to it, and run that image with nsrun: pulled, verified,
 # unpacked into the cache, then run in a fresh sandbox (then once more, from the cache).
 #
-#   sudo scripts/quickstart.sh
+#   scripts/quickstart.sh          # as root (sudo scripts/quickstart.sh from another user)
 #
 # The registry listens on 127.0.0.1:${NSRUN_REGISTRY_PORT:-5300} and is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $(id -u) == 0 ]] || { echo "quickstart.sh: run as root (it installs packages)" >&2; exit 1; }
+[[ $(id -u) == 0 ]] || { echo "quickstart.sh: needs root to install packages with apt-get: run it as root (sudo $0)" >&2; exit 1; }
 pkgs=(busybox-static libseccomp-dev pkg-config uidmap gcc docker-registry openssl apache2-utils)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

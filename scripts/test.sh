@@ -3,8 +3,8 @@
 # user: installs what the tests need, creates the user, builds the busybox rootfs, starts the test
 # registries, builds, runs every test twice, and stops what it started.
 #
-#   sudo scripts/test.sh            # everything
-#   sudo scripts/test.sh --quick    # skip fmt/clippy
+#   scripts/test.sh            # everything, as root (sudo scripts/test.sh from another user)
+#   scripts/test.sh --quick    # skip fmt/clippy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -13,7 +13,7 @@ quick=false
 
 log() { printf '\n== %s\n' "$*"; }
 die() { echo "test.sh: $*" >&2; exit 1; }
-[[ $(id -u) == 0 ]] || die "run as root (it installs packages and runs the suite as root and as a user)"
+[[ $(id -u) == 0 ]] || die "needs root to install packages, create the user nsrun-test and run the suite as root and as that user: run it as root (sudo $0)"
 
 # --- packages ------------------------------------------------------------------------------------
 pkgs=(busybox-static libseccomp-dev pkg-config uidmap docker-registry openssl apache2-utils gcc libc6-dev util-linux procps libcap2-bin hyperfine bubblewrap gnuplot-nox

@@ -209,3 +209,26 @@ fn an_image_from_an_oci_layout_runs_and_bad_images_fail_cleanly() {
         );
     }
 }
+
+#[test]
+fn the_images_stop_signal_stops_the_tool_unless_stop_signal_overrides_it() {
+    let layout = tempfile::tempdir().unwrap();
+    let img = busybox_image(serde_json::json!({
+        "Cmd": ["/bin/sh", "-c",
+            "trap 'echo got-usr2; exit 0' USR2; trap 'echo got-hup; exit 0' HUP; \
+             trap 'echo got-term; exit 0' TERM; while :; do sleep 0.1; done"],
+        "StopSignal": "SIGUSR2",
+    }));
+    images_common::write_oci_layout(layout.path(), &[(&img, Some("v1"))], None);
+    let cache = tempfile::tempdir().unwrap();
+    let src = format!("oci:{}:v1", layout.path().display());
+    let o = nsrun_image(cache.path(), &["--timeout", "1", &src]);
+    assert_code(&o, 124);
+    assert_eq!(stdout(&o), "got-usr2\n");
+    let o = nsrun_image(
+        cache.path(),
+        &["--timeout", "1", "--stop-signal", "HUP", &src],
+    );
+    assert_code(&o, 124);
+    assert_eq!(stdout(&o), "got-hup\n");
+}

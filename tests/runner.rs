@@ -828,3 +828,39 @@ fn registry_refusals_are_typed() {
     });
     assert_eq!(scratch_left(root.path()), Vec::<String>::new());
 }
+
+#[test]
+fn dockers_run_options_reach_the_run_through_the_library_and_a_tty_needs_run_here() {
+    let root = tempfile::tempdir().unwrap();
+    let rt = tokio();
+    let runtime = builder(root.path()).build().unwrap();
+    rt.block_on(async {
+        let mut spec = sh(
+            "grep 'open files' /proc/self/limits; grep ' /dev/shm ' /proc/self/mountinfo; id -G",
+        );
+        spec.ulimits = vec!["nofile=256:512".parse().unwrap()];
+        spec.shm_size = Some(8 << 20);
+        spec.group_add = vec!["123".into()];
+        let r = runtime.run(spec).await.unwrap();
+        let out = String::from_utf8_lossy(&r.stdout).into_owned();
+        assert_eq!(r.exit_code, 0, "{out}");
+        let limits: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+        assert_eq!(&limits[3..5], ["256", "512"], "{out}");
+        assert!(out.contains("size=8192k"), "{out}");
+        assert!(out.split_whitespace().any(|g| g == "123"), "{out}");
+
+        let mut spec = sh("trap 'echo got-usr1; exit 0' USR1; while :; do sleep 0.1; done")
+            .timeout(Duration::from_secs(1));
+        spec.stop_signal = Some("SIGUSR1".into());
+        let r = runtime.run(spec).await.unwrap();
+        assert!(r.timed_out);
+        assert_eq!(String::from_utf8_lossy(&r.stdout), "got-usr1\n");
+
+        // Output through the helper is captured: a terminal has nowhere to go.
+        let mut spec = sh("true");
+        spec.tty = true;
+        let e = runtime.run(spec).await.unwrap_err();
+        assert!(matches!(e, Error::BadSpec { .. }), "{e:?}");
+        assert!(e.to_string().contains("run_here"), "{e}");
+    });
+}

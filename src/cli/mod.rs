@@ -1,7 +1,9 @@
 //! The command line: parses, then calls the library. Nothing here that the library cannot do.
 
+pub mod docker_syntax;
 pub mod doctor;
 pub mod image;
+pub mod log;
 pub mod run;
 pub mod serve;
 
@@ -31,6 +33,9 @@ impl Failure {
     about = "Run untrusted tools in rootless containers, without a daemon"
 )]
 pub struct Cli {
+    /// How much nsrun says on stderr: debug, info (default), warn or error.
+    #[arg(long, global = true, value_name = "LEVEL", env = "NSRUN_LOG")]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -66,7 +71,12 @@ const SUBCOMMANDS: &[&str] = &[
 
 /// Options that podman takes before the subcommand (`podman --root DIR pull IMAGE`), each with
 /// its value; nsrun's subcommands take them after it.
-const LEADING_OPTIONS: &[&str] = &["--root", "--registry-ca", "--insecure-registry"];
+const LEADING_OPTIONS: &[&str] = &[
+    "--root",
+    "--registry-ca",
+    "--insecure-registry",
+    "--log-level",
+];
 
 /// The command line with a subcommand in second place: leading [`LEADING_OPTIONS`] are moved
 /// behind the subcommand that follows them, and a line without one is `nsrun run …`
@@ -136,6 +146,15 @@ pub fn main(args: Vec<String>) -> i32 {
             return 125;
         }
     };
+    if let Some(l) = cli.log_level.as_deref().filter(|l| !l.is_empty()) {
+        match l.parse::<log::Level>() {
+            Ok(level) => log::set(level),
+            Err(e) => {
+                eprintln!("nsrun: --log-level: {e}");
+                return 125;
+            }
+        }
+    }
     let result = match cli.command {
         Command::Run(a) => run::main(a),
         Command::Pull(a) => image::pull(a),
@@ -197,6 +216,10 @@ mod tests {
         );
         assert_eq!(line("nsrun gc"), ["gc"]);
         assert_eq!(line("nsrun --help"), ["--help"]);
+        assert_eq!(
+            line("nsrun --log-level debug images"),
+            ["images", "--log-level", "debug"]
+        );
         assert_eq!(line("nsrun --root"), ["run", "--root"]);
         // An image named like a subcommand needs `run`.
         assert_eq!(line("nsrun run pull"), ["run", "pull"]);

@@ -7,8 +7,9 @@ use nsrun::runner::{self, Data, RunResult, RunSpec, Runtime, Stdin};
 use nsrun::sandbox::cgroup::Limits;
 use nsrun::sandbox::idmap::UsernsMode;
 use nsrun::sandbox::seccomp::SeccompSource;
-use nsrun::sandbox::{self, parse_size, BindMount, Network, Stdio, TmpfsMount};
+use nsrun::sandbox::{self, parse_size, Network, Stdio, TmpfsMount};
 
+use super::docker_syntax::{self, MountArg};
 use super::image::ImageOpts;
 use super::Failure;
 
@@ -37,18 +38,45 @@ pub struct RunArgs {
     /// Keep stdin open and pass it to the tool (otherwise it reads /dev/null).
     #[arg(short = 'i', long)]
     pub interactive: bool,
-    /// Allocate a pseudo-TTY (not supported yet: refused rather than ignored).
+    /// Allocate a pseudo-TTY from the run's own /dev/pts (stdout and stderr both go to it).
     #[arg(short = 't', long)]
     pub tty: bool,
     /// Container hostname (default: the first 12 digits of the run id).
     #[arg(short = 'h', long, value_name = "NAME")]
     pub hostname: Option<String>,
-    /// Bind mount HOST:CONTAINER[:ro|rw].
-    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:MODE]")]
+    /// Bind mount HOST:CONTAINER[:OPTIONS]: ro, rw; z/Z accepted and ignored (no SELinux
+    /// relabelling); propagation flags refused.
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:OPTS]")]
     pub volumes: Vec<String>,
-    /// Mount a tmpfs at PATH, capped at SIZE (default 64m).
-    #[arg(long, value_name = "PATH[:SIZE]")]
+    /// Mount a tmpfs at PATH: Docker's options rw, ro, exec, noexec, nosuid, nodev, size=SIZE,
+    /// mode=OCTAL (or a bare SIZE; default size 64m, mode 1777, nosuid and nodev always).
+    #[arg(long, value_name = "PATH[:OPTS]")]
     pub tmpfs: Vec<String>,
+    /// Docker's --mount: type=bind,source=HOST,target=PATH[,readonly] or
+    /// type=tmpfs,target=PATH[,tmpfs-size=SIZE][,tmpfs-mode=OCTAL].
+    #[arg(long = "mount", value_name = "KEY=VALUE,...")]
+    pub mounts: Vec<String>,
+    /// Bind a host character device: HOST[:CONTAINER][:rwm]; opened with the node's own
+    /// permissions (block devices and read-only devices are refused).
+    #[arg(long, value_name = "HOST[:CONTAINER][:PERMS]")]
+    pub device: Vec<String>,
+    /// Size of /dev/shm (default 64m).
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub shm_size: Option<String>,
+    /// Resource limit NAME=SOFT[:HARD] with Docker's names (nofile, nproc, core, stack, ...);
+    /// -1 is unlimited; raising a hard limit needs root.
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    pub ulimit: Vec<String>,
+    /// Signal that stops the tool on --timeout or a SIGTERM to nsrun (default: the image's
+    /// StopSignal, else SIGTERM); SIGKILL follows after --stop-timeout.
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Add a supplementary group (name of the image's /etc/group, or a gid).
+    #[arg(long, value_name = "GROUP")]
+    pub group_add: Vec<String>,
+    /// Write the run id to FILE (which must not exist) before the tool starts.
+    #[arg(long, value_name = "FILE")]
+    pub cidfile: Option<PathBuf>,
     /// Size cap of the /tmp tmpfs.
     #[arg(
         long,
@@ -176,8 +204,16 @@ pub struct RunArgs {
 /// Turns the flags into a run request and the runtime to run it with. Every flag value is
 /// checked here, before anything is created; the image rules and the cache are the runner's.
 pub fn request(a: &RunArgs) -> Result<(Runtime, RunSpec), Failure> {
-    if a.tty {
-        return Err(Failure::usage("--tty is not supported yet; run without -t"));
+    if a.tty && a.json {
+        return Err(Failure::usage(
+            "-t and --json: a terminal's output cannot be captured; drop one of them",
+        ));
+    }
+    if a.tty && a.interactive && !nsrun::sandbox::tty::is_terminal(0) {
+        // Docker's refusal, for the same reason: raw mode and window sizes need a terminal.
+        return Err(Failure::usage(
+            "the input device is not a TTY: drop -t, or run from a terminal",
+        ));
     }
     if a.interactive && a.images.password_stdin {
         return Err(Failure::usage(
@@ -227,19 +263,42 @@ pub fn request(a: &RunArgs) -> Result<(Runtime, RunSpec), Failure> {
     if a.interactive {
         s.stdin = Stdin::Inherit;
     }
+    s.tty = a.tty;
     s.hostname = a.hostname.clone();
-    s.binds = a
-        .volumes
-        .iter()
-        .map(|v| v.parse::<BindMount>())
-        .collect::<Result<_, _>>()
-        .map_err(Failure::usage)?;
+    for v in &a.volumes {
+        let (b, notes) = sandbox::mount_opts::parse_volume(v).map_err(Failure::usage)?;
+        notes.iter().for_each(super::log::note);
+        s.binds.push(b);
+    }
     s.tmpfs = a
         .tmpfs
         .iter()
         .map(|v| v.parse::<TmpfsMount>())
         .collect::<Result<_, _>>()
         .map_err(Failure::usage)?;
+    for m in &a.mounts {
+        match docker_syntax::parse_mount(m).map_err(Failure::usage)? {
+            MountArg::Bind(b) => s.binds.push(b),
+            MountArg::Tmpfs(t) => s.tmpfs.push(t),
+        }
+    }
+    let rootless = !nix::unistd::geteuid().is_root();
+    for d in &a.device {
+        s.binds
+            .push(docker_syntax::parse_device(d, rootless).map_err(Failure::usage)?);
+    }
+    s.shm_size = a
+        .shm_size
+        .as_deref()
+        .map(|v| parse_size(v).map_err(|e| Failure::usage(format!("--shm-size: {e}"))))
+        .transpose()?;
+    s.ulimits = parse_all(&a.ulimit)?;
+    if let Some(sig) = &a.stop_signal {
+        sandbox::ulimit::parse_signal(sig)
+            .map_err(|e| Failure::usage(format!("--stop-signal: {e}")))?;
+        s.stop_signal = Some(sig.clone());
+    }
+    s.group_add = a.group_add.clone();
     s.tmp_size =
         Some(parse_size(&a.tmpfs_size).map_err(|e| Failure::usage(format!("--tmpfs-size: {e}")))?);
     s.network = Some(a.network.parse::<Network>().map_err(Failure::usage)?);
@@ -413,7 +472,17 @@ fn limits(a: &RunArgs) -> Result<Limits, Failure> {
 
 /// `nsrun run`: returns the exit status nsrun should leave with.
 pub fn main(a: RunArgs) -> Result<i32, Failure> {
-    let (rt, spec) = request(&a)?;
+    let (rt, mut spec) = request(&a)?;
+    let run_id = nsrun::sandbox::plan::new_run_id();
+    spec.run_id = Some(run_id.clone());
+    super::log::debug(format_args!("run id {run_id}"));
+    // Docker's --cidfile: written before the run, refused if it exists (another run may own
+    // it), removed again if the run could not start.
+    let _cidfile = a
+        .cidfile
+        .as_deref()
+        .map(|f| CidFile::create(f, &run_id))
+        .transpose()?;
     let memory = a.memory.clone();
     let timeout = spec.timeout;
     let result = if a.json {
@@ -439,7 +508,12 @@ pub fn main(a: RunArgs) -> Result<i32, Failure> {
         Ok(())
     };
     let r = match result {
-        Ok(r) => r,
+        Ok(r) => {
+            if let Some(c) = _cidfile {
+                c.keep();
+            }
+            r
+        }
         Err(e) => {
             if a.json || a.result_json.is_some() {
                 let json = serde_json::json!({ "error": e }).to_string();
@@ -456,24 +530,71 @@ pub fn main(a: RunArgs) -> Result<i32, Failure> {
     Ok(r.exit_code)
 }
 
+/// `--cidfile`: removed on drop unless kept (the run started).
+struct CidFile(Option<PathBuf>);
+
+impl CidFile {
+    fn create(path: &std::path::Path, run_id: &str) -> Result<CidFile, Failure> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| {
+                Failure::usage(match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => format!(
+                        "--cidfile {}: the file exists: another run may own it; remove it first",
+                        path.display()
+                    ),
+                    _ => format!("--cidfile {}: {e}", path.display()),
+                })
+            })?;
+        let file = CidFile(Some(path.to_path_buf()));
+        f.write_all(run_id.as_bytes())
+            .map_err(|e| Failure::usage(format!("--cidfile {}: {e}", path.display())))?;
+        Ok(file)
+    }
+
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CidFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// What `nsrun run` says on stderr about a finished run.
 fn report(r: &RunResult, timeout: Option<Duration>, memory: Option<&str>, stats: bool) {
+    use super::log;
     if !r.unenforced.is_empty() {
-        eprintln!(
-            "nsrun: warning: limits not enforced on this host: {}",
+        log::warn(format_args!(
+            "limits not enforced on this host: {}",
             r.unenforced.join("; ")
-        );
+        ));
     }
     for note in &r.notes {
-        eprintln!("nsrun: note: {note}");
+        log::note(note);
     }
     for w in &r.warnings {
-        eprintln!("nsrun: warning: {w}");
+        log::warn(w);
     }
+    log::debug(format_args!(
+        "run {} ended: exit status {} (signal {:?}), setup {:.1} ms, run {:.1} ms",
+        r.run_id,
+        r.exit_code,
+        r.signal,
+        r.durations.setup.as_secs_f64() * 1e3,
+        r.durations.run.as_secs_f64() * 1e3,
+    ));
     if r.timed_out {
         let t = timeout.unwrap_or_default().as_secs_f64();
         eprintln!(
-            "nsrun: timed out after {t}s: sent SIGTERM, then SIGKILL to every process of the run"
+            "nsrun: timed out after {t}s: sent the tool its stop signal (SIGTERM unless --stop-signal or the image say otherwise), then SIGKILL to every process of the run"
         );
     }
     if r.oom_killed {
@@ -483,19 +604,19 @@ fn report(r: &RunResult, timeout: Option<Duration>, memory: Option<&str>, stats:
         );
     }
     for e in r.outputs.iter().filter_map(|o| o.error.as_ref()) {
-        eprintln!("nsrun: warning: {e}");
+        log::warn(e);
     }
     for o in r.outputs.iter().filter(|o| o.missing) {
-        eprintln!(
-            "nsrun: warning: output {:?} was not created by the tool",
+        log::warn(format_args!(
+            "output {:?} was not created by the tool",
             o.path
-        );
+        ));
     }
     for o in r.outputs.iter().filter(|o| o.truncated) {
-        eprintln!(
-            "nsrun: warning: output {:?} is {} bytes, more than the output cap: truncated",
+        log::warn(format_args!(
+            "output {:?} is {} bytes, more than the output cap: truncated",
             o.path, o.size
-        );
+        ));
     }
     if stats {
         eprintln!(

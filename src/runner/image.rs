@@ -37,7 +37,7 @@ pub fn command_line(
 
 /// Applies `config` to `spec` as `docker run` does: the command ([`command_line`]); the
 /// image's Env under the spec's (the spec wins by key); the image's WorkingDir and User unless
-/// the spec sets its own.
+/// the spec sets its own; the image's StopSignal unless the spec has one.
 ///
 /// ```
 /// use nsrun::registry::manifest::ImageConfig;
@@ -70,6 +70,9 @@ pub fn apply_image(
     }
     if spec.user.is_none() {
         spec.user = config.user.clone().filter(|u| !u.is_empty());
+    }
+    if spec.stop_signal.is_none() {
+        spec.stop_signal = config.stop_signal.clone().filter(|s| !s.is_empty());
     }
     Ok(())
 }

@@ -363,7 +363,10 @@ impl Runtime {
         stdio: crate::sandbox::Stdio,
     ) -> Result<RunResult, Error> {
         let started_at = SystemTime::now();
-        let run_id = crate::sandbox::plan::new_run_id();
+        let run_id = spec
+            .run_id
+            .clone()
+            .unwrap_or_else(crate::sandbox::plan::new_run_id);
         let mut rec = Recorder::new(&self.inner, &spec, &run_id, started_at);
         let r = self.run_here_inner(&mut spec, stdio, &mut rec);
         rec.audit(&self.inner, &r);
@@ -638,6 +641,11 @@ fn prepare_base(inner: &Inner, spec: &RunSpec, run_id: &str) -> Result<Prepared,
         ..defaults
     };
     s.stdin = !matches!(spec.stdin, Stdin::Null);
+    s.tty = spec.tty;
+    s.stop_signal = spec.stop_signal.clone();
+    s.ulimits = spec.ulimits.clone();
+    s.shm_size = spec.shm_size;
+    s.group_add = spec.group_add.clone();
     s.state_dir = Some(inner.root.clone());
     s.run_id = Some(run_id.to_string());
     crate::sandbox::plan::check(&s).map_err(|e| Error::bad_spec(e.to_string()))?;
@@ -865,7 +873,10 @@ async fn run_task(
 ) -> Result<RunResult, Error> {
     let t0 = Instant::now();
     let started_at = SystemTime::now();
-    let run_id = crate::sandbox::plan::new_run_id();
+    let run_id = spec
+        .run_id
+        .clone()
+        .unwrap_or_else(crate::sandbox::plan::new_run_id);
     let mut rec = Recorder::new(&inner, &spec, &run_id, started_at);
     let r = run_inner(&inner, &mut spec, &tx, &mut kill, ticket, &mut rec, t0).await;
     if let Err(e) = &r {
@@ -888,6 +899,11 @@ async fn run_inner(
     t0: Instant,
 ) -> Result<RunResult, Error> {
     let run_id = rec.run_id.clone();
+    if spec.tty {
+        return Err(Error::bad_spec(
+            "a terminal (tty) needs Runtime::run_here: a run through the helper captures its output",
+        ));
+    }
     // A bad spec fails at once, without waiting for a slot.
     let mut prep = prepare_base(inner, spec, &run_id)?;
     rec.fill(&prep.sandbox);

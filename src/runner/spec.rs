@@ -141,6 +141,20 @@ pub struct RunSpec {
     pub uid_base: Option<u32>,
     /// What the run's `/proc` is (a fresh one, or, weaker, the caller's: `--proc host-bind`).
     pub proc: crate::sandbox::ProcMode,
+    /// A pseudo-terminal for the tool (`-t`); only with [`super::Runtime::run_here`], which
+    /// relays it to the caller's own stdio.
+    pub tty: bool,
+    /// The tool's stop signal (default: the image's `StopSignal`, else SIGTERM).
+    pub stop_signal: Option<String>,
+    /// `--ulimit`s (see [`crate::sandbox::ulimit`]).
+    pub ulimits: Vec<crate::sandbox::ulimit::Ulimit>,
+    /// Size cap of `/dev/shm` (default 64 MiB).
+    pub shm_size: Option<u64>,
+    /// Extra supplementary groups (names of the image's `/etc/group`, or gids).
+    pub group_add: Vec<String>,
+    /// The run id, when the caller chose it beforehand (12 to 64 lowercase hex digits, e.g.
+    /// from [`crate::sandbox::plan::new_run_id`]); `None`: a fresh one.
+    pub run_id: Option<String>,
     /// Files placed under `/inputs` (read-only).
     pub inputs: Vec<Input>,
     /// Files read back from the work directory after the run (relative paths).
@@ -189,6 +203,12 @@ impl RunSpec {
             userns: UsernsMode::Auto,
             uid_base: None,
             proc: crate::sandbox::ProcMode::Fresh,
+            tty: false,
+            stop_signal: None,
+            ulimits: Vec::new(),
+            shm_size: None,
+            group_add: Vec::new(),
+            run_id: None,
             inputs: Vec::new(),
             outputs: Vec::new(),
             output_dir: None,

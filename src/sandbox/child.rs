@@ -33,6 +33,8 @@ pub enum Stage {
     NestMaps,
     /// `net.ipv4.ip_unprivileged_port_start` of the run's network namespace.
     UnprivilegedPorts,
+    /// `-t`: the tool's terminal (see [`super::tty`]).
+    Tty,
     /// exec of `Plan::exec.candidates[i]` (the last one tried).
     Exec(usize),
     /// Opening `Plan::sources[i]`.
@@ -67,6 +69,7 @@ impl Stage {
             Stage::NestUnshare => 14,
             Stage::NestMaps => 15,
             Stage::UnprivilegedPorts => 16,
+            Stage::Tty => 17,
             Stage::Step(_) | Stage::Exec(_) | Stage::Source(_) => 0,
         }
     }
@@ -98,6 +101,7 @@ impl Stage {
             Stage::NestUnshare,
             Stage::NestMaps,
             Stage::UnprivilegedPorts,
+            Stage::Tty,
         ]
         .into_iter()
         .find(|s| s.ordinal() as i32 == -v)
@@ -131,6 +135,7 @@ impl Stage {
             Stage::UnprivilegedPorts => {
                 "set net.ipv4.ip_unprivileged_port_start to 0 in the run's network namespace".into()
             }
+            Stage::Tty => "allocate the tool's terminal on the run's /dev/pts".into(),
             Stage::Exec(i) => format!("exec {:?}", plan.exec.candidates.get(i)),
             Stage::Source(i) => format!("open {:?}", plan.sources.get(i).map(|s| &s.path)),
         }
@@ -204,6 +209,9 @@ pub struct ChildFds {
     pub report_w: RawFd,
     /// Descriptors to become the tool's 0, 1 and 2.
     pub stdio: [RawFd; 3],
+    /// `-t`: the socket the terminal's master goes to the parent on (else -1); the slave then
+    /// replaces `stdio`.
+    pub tty: RawFd,
 }
 
 /// Entry point of the cloned child. Never returns.
@@ -279,6 +287,16 @@ fn setup(plan: &Plan, fds: &ChildFds) -> Result<(), (Stage, i32)> {
     if plan.loopback_up {
         sys::loopback_up().map_err(|e| (Stage::Loopback, e))?;
     }
+    if let Some((rows, cols)) = plan.tty {
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let owner = (plan.exec.uid, plan.exec.gid);
+        return super::tty::child_open(fds.tty, &size, owner).map_err(|e| (Stage::Tty, e));
+    }
     for (target, &fd) in fds.stdio.iter().enumerate() {
         sys::dup2(fd, target as RawFd).map_err(|e| (Stage::Stdio, e))?;
     }
@@ -319,6 +337,10 @@ mod tests {
             Report::Failed {
                 stage: Stage::UnprivilegedPorts,
                 errno: libc::EROFS,
+            },
+            Report::Failed {
+                stage: Stage::Tty,
+                errno: libc::ENOENT,
             },
             Report::Started { pid: 2 },
             Report::Exited { code: 42 },

@@ -138,6 +138,12 @@ pub fn run(plan: &Plan, report_w: RawFd, rlimits: &[Rlimit]) -> ! {
     loop {
         let sig = sys::sigwait(&set);
         if sig != libc::SIGCHLD {
+            // A stop request (the timeout's, or a SIGTERM to nsrun) is the tool's stop signal.
+            let sig = if sig == libc::SIGTERM {
+                plan.stop_signal
+            } else {
+                sig
+            };
             let _ = sys::kill(tool, sig);
             continue;
         }
@@ -197,6 +203,11 @@ fn exec_tool(plan: &Plan, err_w: RawFd, rlimits: &[Rlimit], nest: Option<(RawFd,
     // A session of its own, as a container's main process has; it cannot fail in a fresh fork.
     // SAFETY: setsid has no memory effects.
     unsafe { libc::setsid() };
+    if plan.tty.is_some() {
+        if let Err(err) = super::tty::child_take_control() {
+            fail(Stage::Tty, err);
+        }
+    }
 
     if let Err(err) = caps::drop_bounding(plan.caps, plan.last_cap) {
         fail(Stage::Bounding, err);

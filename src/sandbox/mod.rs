@@ -12,6 +12,7 @@ pub mod diagnose;
 pub mod idmap;
 mod init;
 pub mod masks;
+pub mod mount_opts;
 mod mounts;
 pub mod net;
 pub mod plan;
@@ -20,6 +21,8 @@ pub mod spawn;
 pub mod spec;
 mod sys;
 pub mod syscall_probe;
+pub mod tty;
+pub mod ulimit;
 pub mod user;
 
 pub use spawn::{check_stdio, run, Outcome, RunError, Stdio, Termination};

@@ -35,7 +35,8 @@ use super::sys;
 const BASE: &str = "/tmp";
 /// Host devices bound into the container's `/dev` (no mknod in a user namespace).
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
-/// Size of `/dev` (it holds only mountpoints and symlinks) and of `/dev/shm`, as in Docker.
+/// Size of `/dev` (it holds only mountpoints and symlinks) and of `/dev/shm` (unless
+/// `--shm-size` says otherwise), as in Docker.
 const DEV_SIZE: &str = "size=64k,mode=755";
 const SHM_SIZE: &str = "size=64m,mode=1777";
 /// Size cap of `/run`.
@@ -329,6 +330,11 @@ pub struct Mounts {
     pub fds: Fds,
 }
 
+/// Whether `x` is `y` or below it.
+fn inside(x: &str, y: &str) -> bool {
+    x == y || x.starts_with(&format!("{}/", y.trim_end_matches('/')))
+}
+
 /// What kind of mountpoint a mount needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -416,7 +422,7 @@ pub fn plan(
     let tmpfs_t = spec
         .tmpfs
         .iter()
-        .map(|t| Ok((p.target(&t.target, Kind::Dir)?, t.size)))
+        .map(|t| Ok((p.target(&t.target, Kind::Dir)?, t)))
         .collect::<Result<Vec<_>, MountError>>()?;
     let mut binds = Vec::new();
     for b in &spec.binds {
@@ -448,18 +454,45 @@ pub fn plan(
 
     p.base_and_root(overlay_root)?;
     p.proc(&proc_t, spec.proc)?;
-    p.dev(&dev_t)?;
+    p.dev(&dev_t, spec.shm_size)?;
     p.sys(&sys_t, spec.network);
     p.tmpfs(&tmp_t, &format!("size={},mode=1777", spec.tmp_size), "/tmp");
     p.tmpfs(&run_t, RUN_SIZE, "/run");
-    for (t, size) in &tmpfs_t {
-        p.tmpfs(t, &format!("size={size},mode=1777"), &t.path);
+    // Mountpoints below a tmpfs of the run (`/dev`, `/tmp`, `/run`, a `--tmpfs`) are hidden
+    // from the skeleton by that tmpfs: made in it, right before their mount (see `mountpoint`).
+    let mut fresh: Vec<String> = [&dev_t, &tmp_t, &run_t]
+        .iter()
+        .map(|t| t.path.clone())
+        .collect();
+    for (t, m) in &tmpfs_t {
+        p.mountpoint(t, Kind::Dir, &fresh)?;
+        fresh.push(t.path.clone());
+        let data = m.data();
+        let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+        if m.read_only {
+            flags |= libc::MS_RDONLY;
+        }
+        if m.noexec {
+            flags |= libc::MS_NOEXEC;
+        }
+        p.tmpfs_flags(t, &data, &t.path, flags);
     }
     // Before the volumes, so that a `-v …:/etc/hosts` of the caller's wins, as in Docker.
     for (i, (t, shown, data)) in generated_t.iter().enumerate() {
         p.generated(i, t, shown, data)?;
     }
+    let mut bound: Vec<&str> = Vec::new();
     for (t, source, ro) in &binds {
+        // Never below an earlier volume: that would create the mountpoint in a host directory.
+        if !bound.iter().any(|b| inside(&t.path, b)) {
+            let kind = if source.is_dir() {
+                Kind::Dir
+            } else {
+                Kind::File
+            };
+            p.mountpoint(t, kind, &fresh)?;
+        }
+        bound.push(&t.path);
         p.bind(t, source, *ro)?;
     }
     p.masks(&proc_t, &sys_t)?;
@@ -701,7 +734,7 @@ impl Planner<'_> {
         Ok(())
     }
 
-    fn dev(&mut self, t: &Resolved) -> Result<(), MountError> {
+    fn dev(&mut self, t: &Resolved, shm_size: Option<u64>) -> Result<(), MountError> {
         self.push(
             mnt(
                 Some(c"tmpfs".into()),
@@ -784,7 +817,10 @@ impl Planner<'_> {
                 t.child("shm").in_root(),
                 Some(c"tmpfs"),
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                Some(SHM_SIZE),
+                Some(
+                    &shm_size
+                        .map_or_else(|| SHM_SIZE.to_string(), |s| format!("size={s},mode=1777")),
+                ),
             ),
             "mount tmpfs on /dev/shm",
             Tolerate::Nothing,
@@ -830,13 +866,53 @@ impl Planner<'_> {
         );
     }
 
+    /// Creates the mountpoint `t` (and its missing parents) when it lies strictly below one of
+    /// `fresh`, the run's own tmpfs mounts, which hide what the skeleton made. Plain paths are
+    /// fine here: nothing but nsrun has written in those tmpfs yet.
+    fn mountpoint(&mut self, t: &Resolved, kind: Kind, fresh: &[String]) -> Result<(), MountError> {
+        let Some(base) = fresh
+            .iter()
+            .filter(|f| t.path != **f && inside(&t.path, f))
+            .max_by_key(|f| f.len())
+        else {
+            return Ok(());
+        };
+        let rest = t.path[base.len()..].trim_start_matches('/');
+        let mut path = base.trim_end_matches('/').to_string();
+        let parts: Vec<&str> = rest.split('/').filter(|c| !c.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
+            path = format!("{path}/{part}");
+            let last = i + 1 == parts.len();
+            let op = if last && kind == Kind::File {
+                Op::Touch {
+                    path: cstr(&format!("/root{path}"))?,
+                }
+            } else {
+                Op::Mkdir {
+                    path: cstr(&format!("/root{path}"))?,
+                    mode: 0o755,
+                }
+            };
+            self.push(
+                op,
+                format!("create the mountpoint {path}"),
+                Tolerate::Nothing,
+            );
+        }
+        Ok(())
+    }
+
     fn tmpfs(&mut self, t: &Resolved, data: &str, shown: &str) {
+        self.tmpfs_flags(t, data, shown, libc::MS_NOSUID | libc::MS_NODEV);
+    }
+
+    fn tmpfs_flags(&mut self, t: &Resolved, data: &str, shown: &str, flags: c_ulong) {
         self.push(
             mnt(
                 Some(c"tmpfs".into()),
                 t.in_root(),
                 Some(c"tmpfs"),
-                libc::MS_NOSUID | libc::MS_NODEV,
+                flags,
                 Some(data),
             ),
             format!("mount tmpfs ({data}) on {shown}"),

@@ -48,6 +48,10 @@ pub enum PlanError {
     Nul(String),
     #[error("invalid run id {0:?}: expected 12 to 64 lowercase hex digits")]
     BadRunId(String),
+    /// A bad `--stop-signal`/`StopSignal` or `--ulimit`, or a `--group-add` the user namespace
+    /// cannot express (the message says which).
+    #[error("{0}")]
+    Option(String),
 }
 
 /// Checks a caller-chosen run id: it names cgroups and scratch directories, so only hex digits.
@@ -110,6 +114,10 @@ pub struct Plan {
     /// Where the caller's argument and environment strings sit in memory, which pid 1 (a fork of
     /// the caller that never execs) overwrites: see [`caller_memory`].
     pub caller_memory: [(usize, usize); 2],
+    /// `-t`: the terminal's initial rows and columns (see [`super::tty`]).
+    pub tty: Option<(u16, u16)>,
+    /// What pid 1 sends the tool in place of a SIGTERM (`--stop-signal`).
+    pub stop_signal: libc::c_int,
 }
 
 /// The tool's own user namespace, nested in the run's, for a tool that holds CAP_SYS_ADMIN.
@@ -190,6 +198,10 @@ impl Plan {
         idmap.check_ids(ident.uid, ident.gid)?;
         let cwd = working_dir(spec)?;
         check_limits(spec)?;
+        for u in &spec.ulimits {
+            u.check().map_err(PlanError::Option)?;
+            u.check_allowed().map_err(PlanError::Option)?;
+        }
         let hostname = spec
             .hostname
             .clone()
@@ -212,10 +224,43 @@ impl Plan {
         };
         let mounts = mounts::plan(spec, &cwd, sys_admin, &generated)?;
         let seccomp = seccomp::compile(&spec.seccomp, caps, spec.state_dir.as_deref())?;
-        let env = environment(&spec.env, &hostname, &ident)?;
+        // `-t`: Docker's TERM for a terminal, unless the image or the caller set one.
+        let mut env = spec.env.clone();
+        if spec.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.insert(0, "TERM=xterm".into());
+        }
+        let env = environment(&env, &hostname, &ident)?;
         // Supplementary groups the namespace cannot express are left out (setgroups would fail).
         let mut ident = ident;
         ident.groups.retain(|g| idmap.host_gid(*g).is_some());
+        for t in &spec.tmpfs {
+            let unmapped = t
+                .uid
+                .filter(|u| idmap.host_uid(*u).is_none())
+                .map(|u| ("uid", u));
+            let unmapped = unmapped.or(t
+                .gid
+                .filter(|g| idmap.host_gid(*g).is_none())
+                .map(|g| ("gid", g)));
+            if let Some((k, id)) = unmapped {
+                return Err(PlanError::Option(format!(
+                    "--tmpfs {}: {k}={id} is not mapped in this run's user namespace \
+                     (rootless without subordinate ids maps only the tool's own ids)",
+                    t.target
+                )));
+            }
+        }
+        for g in user::resolve_groups(&spec.group_add, &spec.rootfs)? {
+            if !idmap.setgroups || idmap.host_gid(g).is_none() {
+                return Err(PlanError::Option(format!(
+                    "--group-add {g}: this run's user namespace cannot hold supplementary \
+                     groups (rootless without /etc/subgid, or a gid outside the mapping)"
+                )));
+            }
+            if g != ident.gid && !ident.groups.contains(&g) {
+                ident.groups.push(g);
+            }
+        }
         let exec = exec_plan(&spec.args, env, &cwd, &ident, idmap.setgroups)?;
 
         let setup_ids = (
@@ -256,6 +301,11 @@ impl Plan {
             seccomp,
             nest,
             caller_memory: caller_memory(),
+            tty: spec.tty.then(|| {
+                let ws = super::tty::caller_size();
+                (ws.ws_row, ws.ws_col)
+            }),
+            stop_signal: stop_signal(spec)?,
         })
     }
 }
@@ -273,6 +323,11 @@ pub fn check(spec: &SandboxSpec) -> Result<(), PlanError> {
     }
     working_dir(spec)?;
     check_limits(spec)?;
+    stop_signal(spec)?;
+    for u in &spec.ulimits {
+        u.check().map_err(PlanError::Option)?;
+        u.check_allowed().map_err(PlanError::Option)?;
+    }
     if let Some(h) = &spec.hostname {
         check_hostname(h)?;
     }
@@ -294,6 +349,15 @@ pub fn check(spec: &SandboxSpec) -> Result<(), PlanError> {
     Ok(())
 }
 
+/// The signal that stops the tool: the spec's, else SIGTERM.
+fn stop_signal(spec: &SandboxSpec) -> Result<libc::c_int, PlanError> {
+    spec.stop_signal
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map_or(Ok(libc::SIGTERM), super::ulimit::parse_signal)
+        .map_err(PlanError::Option)
+}
+
 /// Docker's floor for `--memory`: below it the run dies of OOM before the tool starts.
 const MIN_MEMORY: u64 = 6 << 20;
 
@@ -306,6 +370,9 @@ fn check_limits(spec: &SandboxSpec) -> Result<(), PlanError> {
     }
     if spec.tmp_size == 0 {
         return Err(PlanError::ZeroSize("/tmp".into()));
+    }
+    if spec.shm_size == Some(0) {
+        return Err(PlanError::ZeroSize("/dev/shm".into()));
     }
     if let Some(t) = spec.tmpfs.iter().find(|t| t.size == 0) {
         return Err(PlanError::ZeroSize(t.target.clone()));

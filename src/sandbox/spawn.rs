@@ -278,17 +278,38 @@ pub fn run_observed(
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
     let (report_r, report_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
+    // `-t`: the child sends the terminal's master back on this (see `tty`).
+    let tty_socks = spec
+        .tty
+        .then(|| {
+            use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+            socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(sys_err("socketpair"))
+        })
+        .transpose()?;
     let fds = ChildFds {
         sync_r: sync_r.as_raw_fd(),
         sync_w: sync_w.as_raw_fd(),
         report_r: report_r.as_raw_fd(),
         report_w: report_w.as_raw_fd(),
         stdio: [stdin_fd, raw(&stdio.stdout, 1), raw(&stdio.stderr, 2)],
+        tty: tty_socks
+            .as_ref()
+            .map_or(-1, |(_, child)| child.as_raw_fd()),
     };
 
     // Blocked here, inherited blocked by pid 1, which collects them with sigwaitinfo; we read
     // ours from a signalfd and pass them on.
     let _mask = MaskGuard(sys::sigmask(libc::SIG_BLOCK, &sys::sigset(&WAITED)));
+    if spec.tty {
+        // Window changes of the caller's terminal, read from the same signalfd.
+        sys::sigmask(libc::SIG_BLOCK, &sys::sigset(&[libc::SIGWINCH]));
+    }
 
     let started = Instant::now();
     let pid = match sys::clone_process(plan.clone_flags) {
@@ -304,6 +325,16 @@ pub fn run_observed(
     let mut guard = ChildGuard(Some(pid));
     drop(sync_r);
     drop(report_w);
+    // The relay owns the caller's terminal mode from here: dropped on every way out.
+    let relay = tty_socks.map(|(ours, _child)| {
+        let input = spec.stdin.then_some(stdin_fd);
+        super::tty::Relay::new(ours, input, raw(&stdio.stdout, 1))
+    });
+    // The ulimits, set from outside (see `ulimit`), before the child may start anything.
+    for u in &spec.ulimits {
+        u.apply(pid)
+            .map_err(|m| RunError::Plan(PlanError::Option(m)))?;
+    }
 
     // Two releases: the first once the id maps are written, so the child sets up its mounts
     // while we attach it to its cgroup (the first write to a v1 cgroup.procs waits for an RCU
@@ -333,6 +364,7 @@ pub fn run_observed(
     // `sync_w` stays open until the run ends: the child watches it to notice our death.
 
     let mut waiter = Waiter::new(pid, report_r, cancel, spec, started)?;
+    waiter.tty = relay;
     let events = waiter.wait(&mut |setup| on_started(&run_id, setup))?;
     let (status, usage) = sys::wait4(pid).map_err(|e| RunError::Sys {
         what: "wait4",
@@ -468,6 +500,8 @@ struct Waiter<'a> {
     stop_timeout: Duration,
     started: Instant,
     events: Events,
+    /// `-t`: the terminal relay.
+    tty: Option<super::tty::Relay>,
 }
 
 impl<'a> Waiter<'a> {
@@ -486,6 +520,9 @@ impl<'a> Waiter<'a> {
         for s in FORWARDED {
             set.add(nix::sys::signal::Signal::try_from(s).expect("valid signal"));
         }
+        if spec.tty {
+            set.add(nix::sys::signal::Signal::SIGWINCH);
+        }
         let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(sys_err("signalfd"))?;
         Ok(Waiter {
@@ -498,6 +535,7 @@ impl<'a> Waiter<'a> {
             stop_timeout: spec.stop_timeout,
             started,
             events: Events::default(),
+            tty: None,
         })
     }
 
@@ -521,6 +559,10 @@ impl<'a> Waiter<'a> {
             if let Some(c) = self.cancel {
                 fds.push(PollFd::new(c, PollFlags::POLLIN));
             }
+            let ours = fds.len();
+            if let Some(t) = &self.tty {
+                fds.extend(t.poll_fds());
+            }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
@@ -534,8 +576,12 @@ impl<'a> Waiter<'a> {
             let exited = ready(&fds[0]);
             let signalled = ready(&fds[1]);
             let report_ready = self.report.is_some() && ready(&fds[2]);
-            let cancelled = self.cancel.is_some() && ready(fds.last().expect("cancel fd"));
+            let cancelled = self.cancel.is_some() && ready(&fds[ours - 1]);
+            let tty_ready = super::tty::Relay::ready(&fds[ours..]);
             drop(fds);
+            if let Some(t) = &mut self.tty {
+                t.handle(tty_ready);
+            }
 
             if report_ready || exited {
                 self.read_reports(on_started);
@@ -543,11 +589,20 @@ impl<'a> Waiter<'a> {
             if exited {
                 // Reports written just before exit are in the pipe already.
                 self.read_reports(on_started);
+                if let Some(t) = &mut self.tty {
+                    t.drain();
+                }
                 return Ok(std::mem::take(&mut self.events));
             }
             if signalled {
                 while let Ok(Some(info)) = self.signals.read_signal() {
-                    let _ = sys::kill(self.pid, info.ssi_signo as i32);
+                    match (info.ssi_signo as i32, &self.tty) {
+                        (libc::SIGWINCH, Some(t)) => t.resize(),
+                        (libc::SIGWINCH, None) => {}
+                        (sig, _) => {
+                            let _ = sys::kill(self.pid, sig);
+                        }
+                    }
                 }
             }
             if cancelled && !self.events.cancelled {

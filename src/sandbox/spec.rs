@@ -77,6 +77,25 @@ pub struct SandboxSpec {
     /// records (scratch directory, audit) carry the same id as the cgroup and the hostname;
     /// `None`: a fresh random one.
     pub run_id: Option<String>,
+    /// A pseudo-terminal for the tool (`-t`), allocated from the run's own devpts: the tool's
+    /// stdin, stdout and stderr are its slave, and the caller's stdio are relayed to and from
+    /// the master (see [`super::tty`]). Only for runs in the calling process
+    /// ([`super::run`]); stderr then goes to the terminal too, and `TERM=xterm` is set unless
+    /// `env` has a `TERM`, as with Docker.
+    pub tty: bool,
+    /// The signal that asks the tool to stop (`--stop-signal`, or the image's `StopSignal`):
+    /// sent on timeout and in place of a SIGTERM nsrun receives, before SIGKILL after
+    /// `stop_timeout`. A name (`SIGQUIT`, `QUIT`, `SIGRTMIN+3`) or a number; `None`: SIGTERM.
+    pub stop_signal: Option<String>,
+    /// Resource limits of the tool's processes (`--ulimit`), set by the parent on the run's
+    /// pid 1 before it starts, so that raising a hard limit needs the caller's own privilege
+    /// (root), never the container's.
+    pub ulimits: Vec<super::ulimit::Ulimit>,
+    /// Size cap of `/dev/shm` in bytes (`--shm-size`; default 64 MiB).
+    pub shm_size: Option<u64>,
+    /// Extra supplementary groups of the tool (`--group-add`): names of the container's
+    /// `/etc/group` or numeric gids.
+    pub group_add: Vec<String>,
 }
 
 impl Default for SandboxSpec {
@@ -124,6 +143,11 @@ impl SandboxSpec {
             state_dir: None,
             proc: ProcMode::Fresh,
             run_id: None,
+            tty: false,
+            stop_signal: None,
+            ulimits: Vec::new(),
+            shm_size: None,
+            group_add: Vec::new(),
         }
     }
 }
@@ -139,7 +163,8 @@ pub struct BindMount {
 impl std::str::FromStr for BindMount {
     type Err = String;
 
-    /// Parses Docker's `-v` syntax.
+    /// Parses Docker's `-v` syntax (see [`super::mount_opts::parse_volume`]; its notes about
+    /// ignored options are dropped here).
     ///
     /// ```
     /// use nsrun::sandbox::BindMount;
@@ -148,120 +173,82 @@ impl std::str::FromStr for BindMount {
     /// assert!("relative:/in".parse::<BindMount>().is_err());
     /// ```
     fn from_str(s: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = s.split(':').collect();
-        let (source, target, mode) = match parts.as_slice() {
-            [src, dst] => (*src, *dst, "rw"),
-            [src, dst, mode] => (*src, *dst, *mode),
-            _ => {
-                return Err(format!(
-                    "invalid volume {s:?}: expected HOST:CONTAINER[:ro|rw]"
-                ))
-            }
-        };
-        let read_only = match mode {
-            "ro" => true,
-            "rw" => false,
-            other => {
-                return Err(format!(
-                    "invalid volume mode {other:?} in {s:?}: expected ro or rw"
-                ))
-            }
-        };
-        if !source.starts_with('/') {
-            return Err(format!(
-                "invalid volume {s:?}: host path {source:?} must be absolute"
-            ));
-        }
-        if !target.starts_with('/') {
-            return Err(format!(
-                "invalid volume {s:?}: container path {target:?} must be absolute"
-            ));
-        }
-        Ok(BindMount {
-            source: source.into(),
-            target: target.into(),
-            read_only,
-        })
+        super::mount_opts::parse_volume(s).map(|(b, _notes)| b)
     }
 }
 
-/// A `--tmpfs PATH[:SIZE]` mount.
+/// A `--tmpfs PATH[:OPTIONS]` mount (always nosuid and nodev).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TmpfsMount {
     pub target: String,
     /// Size cap in bytes.
     pub size: u64,
+    /// Mounted read-only (Docker's `ro`).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Mounted noexec (Docker's `noexec`; the CLI's `--tmpfs` and `--mount type=tmpfs` set it
+    /// unless told `exec`, as Docker does).
+    #[serde(default)]
+    pub noexec: bool,
+    /// Mode of its root directory (default 1777).
+    #[serde(default)]
+    pub mode: Option<u32>,
+    /// Owner of its root directory, container ids (default root).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
+}
+
+impl TmpfsMount {
+    /// A writable, executable tmpfs of `size` bytes at `target`.
+    pub fn new(target: impl Into<String>, size: u64) -> TmpfsMount {
+        TmpfsMount {
+            target: target.into(),
+            size,
+            read_only: false,
+            noexec: false,
+            mode: None,
+            uid: None,
+            gid: None,
+        }
+    }
+
+    /// The tmpfs mount options (`size=…,mode=…[,uid=…][,gid=…]`).
+    pub fn data(&self) -> String {
+        let mut d = format!("size={},mode={:o}", self.size, self.mode.unwrap_or(0o1777));
+        if let Some(u) = self.uid {
+            d.push_str(&format!(",uid={u}"));
+        }
+        if let Some(g) = self.gid {
+            d.push_str(&format!(",gid={g}"));
+        }
+        d
+    }
 }
 
 impl std::str::FromStr for TmpfsMount {
     type Err = String;
 
-    /// Parses `PATH[:SIZE]`, `SIZE` as in [`parse_size`] (default 64 MiB). Docker's
-    /// `PATH:size=64m,mode=1777` option form is accepted for its `size=` key.
+    /// Parses Docker's `PATH[:OPTIONS]` (see [`super::mount_opts::parse_tmpfs`]), and nsrun's
+    /// `PATH:SIZE`.
     ///
     /// ```
     /// use nsrun::sandbox::TmpfsMount;
     /// let t: TmpfsMount = "/scratch:16m".parse().unwrap();
     /// assert_eq!((t.target.as_str(), t.size), ("/scratch", 16 << 20));
+    /// let t: TmpfsMount = "/run:rw,noexec,nosuid,size=65536k".parse().unwrap();
+    /// assert_eq!((t.size, t.noexec), (64 << 20, true));
     /// ```
     fn from_str(s: &str) -> Result<Self, String> {
-        let (target, opts) = s.split_once(':').unwrap_or((s, ""));
-        if !target.starts_with('/') {
-            return Err(format!(
-                "invalid tmpfs {s:?}: path {target:?} must be absolute"
-            ));
-        }
-        let mut size = DEFAULT_TMP_SIZE;
-        for opt in opts.split(',').filter(|o| !o.is_empty()) {
-            let value = opt.strip_prefix("size=").unwrap_or(opt);
-            if value.contains('=') {
-                continue; // mode=, uid=, … : Docker options we do not need for a scratch tmpfs.
-            }
-            size = parse_size(value).map_err(|e| format!("invalid tmpfs {s:?}: {e}"))?;
-        }
-        Ok(TmpfsMount {
-            target: target.into(),
-            size,
-        })
+        super::mount_opts::parse_tmpfs(s)
     }
 }
 
 /// The largest size [`parse_size`] takes (1 EiB): anything larger is a typo, or an overflow.
 pub const MAX_SIZE: u64 = 1 << 60;
 
-/// Parses a Docker-style size: a number with an optional `b`, `k`, `m`, `g` suffix (powers of 1024).
-///
-/// ```
-/// assert_eq!(nsrun::sandbox::parse_size("512m"), Ok(512 << 20));
-/// assert_eq!(nsrun::sandbox::parse_size("1G"), Ok(1 << 30));
-/// assert!(nsrun::sandbox::parse_size("lots").is_err());
-/// assert!(nsrun::sandbox::parse_size("99999999999999999999").is_err());
-/// ```
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let lower = s.trim().to_ascii_lowercase();
-    // "64mb" and "4096b" are as good as "64m" and "4096".
-    let t = lower.strip_suffix('b').unwrap_or(&lower);
-    let (num, shift) = match t.as_bytes().last() {
-        Some(b'k') => (&t[..t.len() - 1], 10),
-        Some(b'm') => (&t[..t.len() - 1], 20),
-        Some(b'g') => (&t[..t.len() - 1], 30),
-        Some(b't') => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected e.g. 64m, 1g, 4096"))?;
-    if !(n.is_finite() && n >= 0.0) {
-        return Err(format!("invalid size {s:?}: must be a non-negative number"));
-    }
-    let bytes = n * (1u64 << shift) as f64;
-    // A float cast saturates: 99999999999999999999 would silently become u64::MAX, which the
-    // kernel takes as "no limit".
-    if bytes > MAX_SIZE as f64 {
-        return Err(format!("invalid size {s:?}: larger than 1 EiB"));
-    }
-    Ok(bytes as u64)
-}
+pub use super::mount_opts::parse_size;
 
 /// Network mode of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -92,6 +92,25 @@ pub fn resolve(spec: Option<&str>, layers: &[PathBuf]) -> Result<Identity, UserE
     })
 }
 
+/// Resolves `--group-add` entries (numeric gids, or names of the container's `/etc/group`).
+pub fn resolve_groups(names: &[String], layers: &[PathBuf]) -> Result<Vec<u32>, UserError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let groups = parse_group(&read_in_root(layers, "etc/group").unwrap_or_default());
+    names
+        .iter()
+        .map(|n| match n.parse::<u32>() {
+            Ok(gid) => Ok(gid),
+            Err(_) => groups
+                .iter()
+                .find(|g| &g.name == n)
+                .map(|g| g.gid)
+                .ok_or_else(|| UserError::NoGroup(n.clone())),
+        })
+        .collect()
+}
+
 fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
     text.lines()
         .filter_map(|line| {
