@@ -7,6 +7,7 @@ use nsrun::runner::{self, Data, RunResult, RunSpec, Runtime, Stdin};
 use nsrun::sandbox::cgroup::Limits;
 use nsrun::sandbox::idmap::UsernsMode;
 use nsrun::sandbox::seccomp::SeccompSource;
+use nsrun::sandbox::trace;
 use nsrun::sandbox::{self, parse_size, BindMount, Network, Stdio, TmpfsMount};
 
 use super::image::ImageOpts;
@@ -414,6 +415,10 @@ fn limits(a: &RunArgs) -> Result<Limits, Failure> {
 /// `nsrun run`: returns the exit status nsrun should leave with.
 pub fn main(a: RunArgs) -> Result<i32, Failure> {
     let (rt, spec) = request(&a)?;
+    trace::mark(
+        trace::Phase::Parse,
+        "command line parsed into a run request",
+    );
     let memory = a.memory.clone();
     let timeout = spec.timeout;
     let result = if a.json {
@@ -452,6 +457,9 @@ pub fn main(a: RunArgs) -> Result<i32, Failure> {
         }
     };
     report(&r, timeout, memory.as_deref(), a.stats);
+    if trace::enabled() {
+        eprint!("{}", trace::render(&trace::take()));
+    }
     write_result(&serde_json::to_string(&r).map_err(|e| Failure::usage(e.to_string()))?)?;
     Ok(r.exit_code)
 }

@@ -59,6 +59,7 @@ use crate::helper::{Helper, Message};
 use crate::registry::RegistryOptions;
 use crate::sandbox::cgroup::Limits;
 use crate::sandbox::idmap::{image_ownership, Caller};
+use crate::sandbox::trace;
 use crate::sandbox::{Network, Outcome, SandboxSpec, Termination};
 use crate::store::progress::{Observer, PullProgress};
 use crate::store::{ImageHold, PullOptions, PullPolicy, ResolvedImage, Store};
@@ -418,6 +419,7 @@ impl Runtime {
         if let Some(s) = &prep.scratch {
             s.write_inputs_blocking(std::mem::take(&mut spec.inputs))?;
         }
+        trace::mark(trace::Phase::Image, "cached image found, scratch ready");
         let outcome = crate::sandbox::run(&prep.sandbox, stdio, None)?;
         let t_end = Instant::now();
         let outputs = match prep.scratch.take() {

@@ -14,6 +14,7 @@ use super::mounts::{self, Fds, MountError, Source, Step};
 use super::net;
 use super::seccomp::{self, Filter, SeccompError};
 use super::spec::{Network, SandboxSpec, DEFAULT_PATH};
+use super::trace::{self, Phase};
 use super::user::{self, Identity, UserError};
 
 #[derive(Debug, Error)]
@@ -110,6 +111,9 @@ pub struct Plan {
     /// Where the caller's argument and environment strings sit in memory, which pid 1 (a fork of
     /// the caller that never execs) overwrites: see [`caller_memory`].
     pub caller_memory: [(usize, usize); 2],
+    /// With start-up tracing on, the trace's origin: the sandbox sends marks counted from it
+    /// (see [`super::trace`]).
+    pub trace_origin_ns: Option<u64>,
 }
 
 /// The tool's own user namespace, nested in the run's, for a tool that holds CAP_SYS_ADMIN.
@@ -211,7 +215,9 @@ impl Plan {
             net::files::generate(net.is_some(), &spec.net, &hostname, host_internal)
         };
         let mounts = mounts::plan(spec, &cwd, sys_admin, &generated)?;
+        trace::mark(Phase::Plan, "plan: ids, user, mounts resolved");
         let seccomp = seccomp::compile(&spec.seccomp, caps, spec.state_dir.as_deref())?;
+        trace::mark(Phase::SeccompPrepare, "plan: seccomp filter ready");
         let env = environment(&spec.env, &hostname, &ident)?;
         // Supplementary groups the namespace cannot express are left out (setgroups would fail).
         let mut ident = ident;
@@ -256,6 +262,7 @@ impl Plan {
             seccomp,
             nest,
             caller_memory: caller_memory(),
+            trace_origin_ns: trace::origin_ns(),
         })
     }
 }
