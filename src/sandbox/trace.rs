@@ -2,8 +2,8 @@
 //!
 //! Off by default and then free (one relaxed atomic load per mark). When on, the parent records
 //! named marks on the monotonic clock; the sandbox (child, pid 1, the tool's process) sends a
-//! [`super::report::Report::Mark`] after each setup stage, in µs since the same origin, over the
-//! report pipe, without allocating. `nsrun run` prints the merged timeline on stderr after the
+//! `Mark` record of the report protocol after each setup stage, in µs since the same origin,
+//! over the report pipe, without allocating. `nsrun run` prints the merged timeline on stderr after the
 //! run ([`render`]), with a summary by phase.
 //!
 //! ```
@@ -170,8 +170,8 @@ pub fn take() -> Vec<Mark> {
 }
 
 /// The timeline, one mark a line (time since the origin, time since the previous mark of the
-/// same side; the sandbox's first mark counts from the parent's clone), then the total per
-/// phase and side.
+/// same side; the sandbox's first mark counts from the parent's clone, the parent's "tool
+/// started" from the sandbox's last mark), then the total per phase and side.
 pub fn render(marks: &[Mark]) -> String {
     let origin = ORIGIN.get().copied().unwrap_or(0);
     let mut marks = marks.to_vec();
@@ -184,12 +184,18 @@ pub fn render(marks: &[Mark]) -> String {
     let mut clone_at = origin;
     let mut totals: Vec<(Side, Phase, u64)> = Vec::new();
     for m in &marks {
-        let prev = match m.side {
-            Side::Parent => &mut last_parent,
-            Side::Sandbox => last_sandbox.get_or_insert(clone_at),
+        // The parent hearing that the tool started waited for the sandbox: it counts from
+        // whichever side's last mark came later.
+        let since = match (m.side, m.phase) {
+            (Side::Parent, Phase::Exec) => last_parent.max(last_sandbox.unwrap_or(0)),
+            (Side::Parent, _) => last_parent,
+            (Side::Sandbox, _) => last_sandbox.unwrap_or(clone_at),
         };
-        let took = m.at_ns.saturating_sub(*prev);
-        *prev = m.at_ns;
+        let took = m.at_ns.saturating_sub(since);
+        match m.side {
+            Side::Parent => last_parent = m.at_ns,
+            Side::Sandbox => last_sandbox = Some(m.at_ns),
+        }
         if m.side == Side::Parent && m.phase == Phase::Clone {
             clone_at = m.at_ns;
         }
