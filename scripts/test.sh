@@ -103,7 +103,7 @@ scripts/container-test.sh target/debug/nsrun "$NSRUN_TEST_ROOTFS"
 # working, though its figures mean nothing on a debug build.
 log "scripts/bench.sh --quick (debug build)"
 NSRUN_BIN=$repo/target/debug/nsrun PUSH_ROOTFS=$repo/target/debug/examples/push_rootfs \
-  NSRUN_REGISTRY_PORT=$((${NSRUN_REGISTRY_PORT:-5000} + 10)) scripts/bench.sh --quick --out "$state/bench" >"$state/bench.log" 2>&1 ||
+  NSRUN_REGISTRY_PORT=$((${NSRUN_REGISTRY_PORT:-5000} + 5)) scripts/bench.sh --quick --out "$state/bench" >"$state/bench.log" 2>&1 ||
   { cat "$state/bench.log"; die "scripts/bench.sh --quick failed"; }
 grep -q '^| nsrun | ' "$state/bench/latest.md" || die "bench.sh --quick wrote no nsrun row"
 ls "$state"/bench/latest-startup-true.png >/dev/null || die "bench.sh --quick drew no chart"
