@@ -94,6 +94,10 @@ for line in sys.stdin:
 log "tests as root"
 export NSRUN_BIN=$repo/target/debug/nsrun
 cargo test --quiet --no-fail-fast 2>&1
+# The Runtime suites again with every Runtime keeping a warm pool of helpers (issue #14): a
+# pooled run must behave exactly like a cold one (tests/warm_pool.rs compares confinement).
+log "Runtime tests through a warm pool (NSRUN_WARM_POOL=2)"
+NSRUN_WARM_POOL=2 cargo test --quiet --no-fail-fast --test runner --test runner_big --test embedding 2>&1
 
 # --- inside Docker and podman containers (the worker runs as uid 1000 in there) -------------------
 log "nsrun inside Docker and podman containers"
