@@ -215,7 +215,10 @@ impl Idle {
 /// same way as a cold one (see docs/confinement.md, "Warm pool"). Pooled helpers serve runs
 /// whose stdin is null and whose output is captured (the [`crate::runner::Runtime`] default);
 /// others start a helper of their own. The pool refills in the background (a blocking task per
-/// helper taken); dropping the pool closes the idle helpers' sockets and they exit.
+/// helper taken); dropping the pool closes the idle helpers' sockets and they exit. A pooled
+/// helper has the environment and working directory its caller had when the helper was started,
+/// not when the run was asked for: a caller that changes either should not rely on relative
+/// paths in its specs.
 #[derive(Debug)]
 pub struct Pool {
     helper: Helper,
