@@ -105,6 +105,10 @@ for line in sys.stdin:
 log "tests as root"
 export NSRUN_BIN=$repo/target/debug/nsrun
 cargo test --quiet --no-fail-fast 2>&1
+# The Runtime suites again with every Runtime keeping a warm pool of helpers (issue #14): a
+# pooled run must behave exactly like a cold one (tests/warm_pool.rs compares confinement).
+log "Runtime tests through a warm pool (NSRUN_WARM_POOL=2)"
+NSRUN_WARM_POOL=2 cargo test --quiet --no-fail-fast --test runner --test runner_big --test embedding 2>&1
 
 # --- the TypeScript client (clients/typescript) against a real `nsrun serve` ---------------------
 log "TypeScript client: npm ci, build, node --test (as root)"
@@ -123,7 +127,7 @@ scripts/container-test.sh target/debug/nsrun "$NSRUN_TEST_ROOTFS"
 # working, though its figures mean nothing on a debug build.
 log "scripts/bench.sh --quick (debug build)"
 NSRUN_BIN=$repo/target/debug/nsrun PUSH_ROOTFS=$repo/target/debug/examples/push_rootfs \
-  NSRUN_REGISTRY_PORT=5610 scripts/bench.sh --quick --out "$state/bench" >"$state/bench.log" 2>&1 ||
+  NSRUN_REGISTRY_PORT=$((${NSRUN_REGISTRY_PORT:-5000} + 5)) scripts/bench.sh --quick --out "$state/bench" >"$state/bench.log" 2>&1 ||
   { cat "$state/bench.log"; die "scripts/bench.sh --quick failed"; }
 grep -q '^| nsrun | ' "$state/bench/latest.md" || die "bench.sh --quick wrote no nsrun row"
 ls "$state"/bench/latest-startup-true.png >/dev/null || die "bench.sh --quick drew no chart"

@@ -170,6 +170,129 @@ impl HelperRun {
     }
 }
 
+/// A started helper process that has not been sent its request yet.
+#[derive(Debug)]
+struct Idle {
+    child: tokio::process::Child,
+    ours: UnixStream,
+}
+
+impl Idle {
+    /// Sends the request for `spec` (`with_stdin`: the tool's stdin is not null).
+    fn send(mut self, spec: &SandboxSpec, with_stdin: bool) -> Result<HelperRun, HelperError> {
+        let mut request = Request {
+            protocol: PROTOCOL_VERSION,
+            spec: spec.clone(),
+        };
+        request.spec.stdin = with_stdin;
+        let mut line =
+            serde_json::to_vec(&request).map_err(|e| HelperError::Request(e.to_string()))?;
+        line.push(b'\n');
+        // The request fits the socket buffer unless it is huge; written before going async so
+        // that the helper never waits on us.
+        (&self.ours).write_all(&line)?;
+        self.ours.set_nonblocking(true)?;
+        let (rx, tx) = tokio::net::UnixStream::from_std(self.ours)?.into_split();
+        Ok(HelperRun {
+            stdin: self.child.stdin.take(),
+            stdout: self.child.stdout.take(),
+            stderr: self.child.stderr.take(),
+            child: self.child,
+            rx: tokio::io::BufReader::new(rx),
+            tx,
+            line: String::new(),
+        })
+    }
+}
+
+/// A warm pool of helper processes, started ahead of the runs that will use them: a run takes
+/// one that has already been executed, linked and initialised, and sends it its request, which
+/// saves the helper's start-up (an exec of the `nsrun` binary) from the run's critical path.
+///
+/// A pooled helper is an idle `nsrun` process that has read nothing yet: it holds no namespace,
+/// no mount, no id map and no file of any run. Each serves exactly one run and then exits, like
+/// a helper started for that run, so the run's sandbox is created, confined and torn down the
+/// same way as a cold one (see docs/confinement.md, "Warm pool"). Pooled helpers serve runs
+/// whose stdin is null and whose output is captured (the [`crate::runner::Runtime`] default);
+/// others start a helper of their own. The pool refills in the background (a blocking task per
+/// helper taken); dropping the pool closes the idle helpers' sockets and they exit. A pooled
+/// helper has the environment and working directory its caller had when the helper was started,
+/// not when the run was asked for: a caller that changes either should not rely on relative
+/// paths in its specs.
+#[derive(Debug)]
+pub struct Pool {
+    helper: Helper,
+    size: usize,
+    /// Oldest first: a run takes the helper that has waited longest.
+    idle: std::sync::Mutex<std::collections::VecDeque<Idle>>,
+    /// Helpers being started by refill tasks.
+    starting: std::sync::atomic::AtomicUsize,
+}
+
+impl Pool {
+    /// A pool of `size` helpers of `helper`; filled by [`Pool::fill`] and by each
+    /// [`Pool::start`].
+    pub fn new(helper: Helper, size: usize) -> std::sync::Arc<Pool> {
+        std::sync::Arc::new(Pool {
+            helper,
+            size,
+            idle: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            starting: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Idle helpers ready now.
+    pub fn ready(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Starts helpers in the background until the pool is full. Needs a tokio runtime.
+    pub fn fill(self: &std::sync::Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let have = self.ready() + self.starting.load(Ordering::SeqCst);
+            if have >= self.size {
+                return;
+            }
+            self.starting.fetch_add(1, Ordering::SeqCst);
+            let pool = std::sync::Arc::clone(self);
+            tokio::task::spawn_blocking(move || {
+                let started = pool.helper.spawn_idle(None, true);
+                if let Ok(idle) = started {
+                    pool.idle
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(idle);
+                }
+                pool.starting.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    }
+
+    /// Starts the run of `spec` (null stdin, captured output) in a pooled helper when one is
+    /// ready, else in a fresh one; either way the pool is topped up in the background.
+    pub fn start(
+        self: &std::sync::Arc<Self>,
+        spec: &SandboxSpec,
+    ) -> Result<HelperRun, HelperError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
+        self.fill();
+        if let Some(idle) = idle {
+            match idle.send(spec, false) {
+                Ok(run) => return Ok(run),
+                // It died while idle (killed from outside): the run gets a fresh one.
+                Err(HelperError::Io(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.helper.start(spec, None, true)
+    }
+}
+
 impl Helper {
     /// Uses the binary at `path` (an `nsrun` binary, or a program that calls [`run_if_helper`]).
     pub fn new(path: impl Into<PathBuf>) -> Helper {
@@ -222,14 +345,12 @@ impl Helper {
         stdin: Option<Stdio>,
         capture: bool,
     ) -> Result<HelperRun, HelperError> {
-        let mut request = Request {
-            protocol: PROTOCOL_VERSION,
-            spec: spec.clone(),
-        };
-        request.spec.stdin = stdin.is_some();
-        let mut line =
-            serde_json::to_vec(&request).map_err(|e| HelperError::Request(e.to_string()))?;
-        line.push(b'\n');
+        let with_stdin = stdin.is_some();
+        self.spawn_idle(stdin, capture)?.send(spec, with_stdin)
+    }
+
+    /// Starts a helper process that waits for its request on the control socket.
+    fn spawn_idle(&self, stdin: Option<Stdio>, capture: bool) -> Result<Idle, HelperError> {
         let (ours, theirs) = UnixStream::pair()?;
         let theirs_fd = theirs.as_raw_fd();
         let mut cmd = tokio::process::Command::new(&self.path);
@@ -260,25 +381,12 @@ impl Helper {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|source| HelperError::Spawn {
+        let child = cmd.spawn().map_err(|source| HelperError::Spawn {
             path: self.path.clone(),
             source,
         })?;
         drop(theirs);
-        // The request fits the socket buffer unless it is huge; written before going async so
-        // that the helper never waits on us.
-        (&ours).write_all(&line)?;
-        ours.set_nonblocking(true)?;
-        let (rx, tx) = tokio::net::UnixStream::from_std(ours)?.into_split();
-        Ok(HelperRun {
-            stdin: child.stdin.take(),
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
-            child,
-            rx: tokio::io::BufReader::new(rx),
-            tx,
-            line: String::new(),
-        })
+        Ok(Idle { child, ours })
     }
 
     /// Runs `spec`, feeding `stdin` (if any) to the tool and collecting its output, all of it

@@ -7,6 +7,7 @@ use nsrun::runner::{self, Data, RunResult, RunSpec, Runtime, Stdin};
 use nsrun::sandbox::cgroup::Limits;
 use nsrun::sandbox::idmap::UsernsMode;
 use nsrun::sandbox::seccomp::SeccompSource;
+use nsrun::sandbox::trace;
 use nsrun::sandbox::{self, parse_size, Network, Stdio, TmpfsMount};
 
 use super::docker_syntax::{self, MountArg};
@@ -473,6 +474,10 @@ fn limits(a: &RunArgs) -> Result<Limits, Failure> {
 /// `nsrun run`: returns the exit status nsrun should leave with.
 pub fn main(a: RunArgs) -> Result<i32, Failure> {
     let (rt, mut spec) = request(&a)?;
+    trace::mark(
+        trace::Phase::Parse,
+        "command line parsed into a run request",
+    );
     let run_id = nsrun::sandbox::plan::new_run_id();
     spec.run_id = Some(run_id.clone());
     super::log::debug(format_args!("run id {run_id}"));
@@ -526,6 +531,9 @@ pub fn main(a: RunArgs) -> Result<i32, Failure> {
         }
     };
     report(&r, timeout, memory.as_deref(), a.stats);
+    if trace::enabled() {
+        eprint!("{}", trace::render(&trace::take()));
+    }
     write_result(&serde_json::to_string(&r).map_err(|e| Failure::usage(e.to_string()))?)?;
     Ok(r.exit_code)
 }

@@ -55,10 +55,11 @@ pub use result::{Durations, ImageRef, RunResult};
 pub use scratch::{OutputFile, OutputLimits};
 pub use spec::{Data, Input, RunSpec, Source, Stdin, DEFAULT_WORK_DIR, INPUTS_DIR};
 
-use crate::helper::{Helper, Message};
+use crate::helper::{Helper, Message, Pool};
 use crate::registry::RegistryOptions;
 use crate::sandbox::cgroup::Limits;
 use crate::sandbox::idmap::{image_ownership, Caller};
+use crate::sandbox::trace;
 use crate::sandbox::{Network, Outcome, SandboxSpec, Termination};
 use crate::store::progress::{Observer, PullProgress};
 use crate::store::{ImageHold, PullOptions, PullPolicy, ResolvedImage, Store};
@@ -113,9 +114,33 @@ pub struct RuntimeBuilder {
     output_limits: OutputLimits,
     image_limits: crate::unpack::Limits,
     audit: Option<Arc<dyn AuditSink>>,
+    warm_pool: usize,
 }
 
+/// Environment variable that sets [`RuntimeBuilder::warm_pool`] for runtimes that do not set it
+/// (the test suite runs its `Runtime` tests through a pool with it).
+pub const WARM_POOL_ENV: &str = "NSRUN_WARM_POOL";
+
 impl RuntimeBuilder {
+    /// Keep `n` helper processes started ahead of the runs (default 0: off; the CLI never
+    /// sets it). A run with null stdin takes one instead of starting a helper, which takes the
+    /// helper's exec off its start-up; each pooled helper serves one run and exits, and the
+    /// pool refills in the background. Sandboxes are still created per run, the same way as
+    /// without the pool: see [`crate::helper::Pool`] for what a pooled helper holds.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), nsrun::runner::Error> {
+    /// use nsrun::runner::{RunSpec, Runtime};
+    /// let rt = Runtime::builder().warm_pool(4).build()?;
+    /// let r = rt.run(RunSpec::rootfs("/srv/busybox").args(["true"])).await?;
+    /// assert_eq!(r.exit_code, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn warm_pool(mut self, n: usize) -> Self {
+        self.warm_pool = n;
+        self
+    }
+
     /// The image cache and state directory (default: [`Store::default_root`]). Scratch
     /// directories live in `<root>/runs`, the audit log is `<root>/audit.log`.
     pub fn root(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -206,9 +231,28 @@ impl RuntimeBuilder {
         let audit = self
             .audit
             .unwrap_or_else(|| Arc::new(FileAudit::new(root.join("audit.log"))));
+        let pool_size = match self.warm_pool {
+            0 => std::env::var(WARM_POOL_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            n => n,
+        };
+        let pool = match (&helper, pool_size) {
+            (Ok(h), n) if n > 0 => {
+                let pool = Pool::new(h.clone(), n);
+                // Without a tokio runtime here, the first run fills it.
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    pool.fill();
+                }
+                Some(pool)
+            }
+            _ => None,
+        };
         Ok(Runtime {
             inner: Arc::new(Inner {
                 root,
+                pool,
                 helper,
                 queue: Arc::new(Queue {
                     max: self.max_concurrent,
@@ -237,6 +281,8 @@ pub struct Runtime {
 struct Inner {
     root: PathBuf,
     helper: Result<Helper, String>,
+    /// Helpers started ahead of runs ([`RuntimeBuilder::warm_pool`]).
+    pool: Option<Arc<Pool>>,
     queue: Arc<Queue>,
     limits: Limits,
     network: Network,
@@ -311,7 +357,13 @@ impl Runtime {
             output_limits: OutputLimits::default(),
             image_limits: crate::unpack::Limits::default(),
             audit: None,
+            warm_pool: 0,
         }
+    }
+
+    /// Pooled helpers ready now (0 without [`RuntimeBuilder::warm_pool`]).
+    pub fn warm_pool_ready(&self) -> usize {
+        self.inner.pool.as_ref().map_or(0, |p| p.ready())
     }
 
     /// The cache and state directory.
@@ -421,6 +473,7 @@ impl Runtime {
         if let Some(s) = &prep.scratch {
             s.write_inputs_blocking(std::mem::take(&mut spec.inputs))?;
         }
+        trace::mark(trace::Phase::Image, "cached image found, scratch ready");
         let outcome = crate::sandbox::run(&prep.sandbox, stdio, None)?;
         let t_end = Instant::now();
         let outputs = match prep.scratch.take() {
@@ -997,7 +1050,10 @@ async fn run_inner(
         ),
         Stdin::Data(Data::Reader(r)) => (Some(std::process::Stdio::piped()), Some(r)),
     };
-    let mut hr = helper.start(&prep.sandbox, stdin_stdio, true)?;
+    let mut hr = match (&inner.pool, stdin_stdio) {
+        (Some(pool), None) => pool.start(&prep.sandbox)?,
+        (_, stdin_stdio) => helper.start(&prep.sandbox, stdin_stdio, true)?,
+    };
     let child_stdin = hr.stdin.take();
     let stdout = hr.stdout.take().expect("piped");
     let stderr = hr.stderr.take().expect("piped");

@@ -1,13 +1,12 @@
-//! Child side, part two: pid 1 of the container. It starts the tool, forwards the signals a
-//! container's main process expects, reaps every zombie, and leaves when the tool does, which
-//! makes the kernel kill whatever else is left in the pid namespace.
+//! pid 1 of the container. It forks the tool, forwards the signals a container's main process
+//! expects, reaps every zombie, and leaves when the tool does, which makes the kernel kill
+//! whatever else is left in the pid namespace. The tool's own setup, after the fork, is the end
+//! of [`super::child::main`].
 
 use std::os::fd::RawFd;
 
-use super::caps;
-use super::cgroup::{self, Rlimit};
-use super::child::{Report, Stage, REPORT_SIZE};
 use super::plan::Plan;
+use super::report::{Report, Stage, REPORT_SIZE};
 use super::sys;
 
 /// Signals pid 1 passes on to the tool (Docker's `--sig-proxy` set plus the usual user signals).
@@ -35,9 +34,20 @@ pub const WAITED: [libc::c_int; 7] = [
 /// The fd pid 1 keeps its report pipe on, after closing everything it inherited.
 const REPORT_FD: RawFd = 3;
 
-/// Runs as pid 1. The parent blocked `FORWARDED` and SIGCHLD before clone, so they queue up for
-/// `sigwaitinfo` here instead of acting on us.
-pub fn run(plan: &Plan, report_w: RawFd, rlimits: &[Rlimit]) -> ! {
+/// The tool's process's ends of its pipes to pid 1, as [`become_pid1`] returns them in the tool.
+pub struct ToolEnds {
+    /// Where the tool reports a failure before exec (EOF at exec means it ran).
+    pub err_w: RawFd,
+    /// The nested-namespace handshake (ready, go), when the plan has one.
+    pub nest: Option<(RawFd, RawFd)>,
+    /// The report pipe, kept for trace marks when start-up tracing is on.
+    pub marks: Option<RawFd>,
+}
+
+/// Turns the calling child into pid 1 and forks the tool. Returns only in the tool's process;
+/// pid 1 supervises the tool and exits when it ends. The parent blocked `FORWARDED` and SIGCHLD
+/// before clone, so they queue up for `sigwaitinfo` here instead of acting on us.
+pub fn become_pid1(plan: &Plan, report_w: RawFd) -> ToolEnds {
     // Non-dumpable: the tool must not be able to open /proc/1/{exe,mem,fd} (CVE-2019-5736 class),
     // even as the same uid.
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
@@ -83,13 +93,16 @@ pub fn run(plan: &Plan, report_w: RawFd, rlimits: &[Rlimit]) -> ! {
     let tool = match sys::fork() {
         Ok(0) => {
             sys::close(err_r);
-            sys::close(report);
+            let marks = plan.trace_origin_ns.map(|_| report);
+            if marks.is_none() {
+                sys::close(report);
+            }
             let nest = nest_pipes.map(|((ready_r, ready_w), (go_r, go_w))| {
                 sys::close(ready_r);
                 sys::close(go_w);
                 (ready_w, go_r)
             });
-            exec_tool(plan, err_w, rlimits, nest)
+            return ToolEnds { err_w, nest, marks };
         }
         Ok(pid) => pid,
         Err(e) => fail(Stage::Fork, e),
@@ -166,93 +179,5 @@ pub fn run(plan: &Plan, report_w: RawFd, rlimits: &[Rlimit]) -> ! {
             // Leaving as pid 1 kills every process still in the namespace.
             sys::exit(code);
         }
-    }
-}
-
-/// The tool's process: drop to the tool's identity and confinement, then exec. Never returns.
-/// `nest` holds its ends of the nested-namespace handshake (ready, go) when the plan has one.
-fn exec_tool(plan: &Plan, err_w: RawFd, rlimits: &[Rlimit], nest: Option<(RawFd, RawFd)>) -> ! {
-    let fail = |stage: Stage, errno: i32| -> ! {
-        Report::Failed { stage, errno }.send(err_w);
-        sys::exit(127)
-    };
-    if let Some((ready_w, go_r)) = nest {
-        // The mounts are copied into the new mount namespace locked (see `plan::Nest`). Done
-        // before anything else so that the rest happens with the nested namespace's fresh,
-        // full capability set, which the steps below narrow as for any other run.
-        // pid 1's non-dumpable flag, inherited by the fork, makes our /proc/<pid> files
-        // belong to host root, whom pid 1 cannot write for: it could not map us. Nothing else
-        // runs in the sandbox yet that could use the window, and exec resets the flag anyway.
-        if let Err(err) = sys::prctl(libc::PR_SET_DUMPABLE, 1) {
-            fail(Stage::NestUnshare, err);
-        }
-        if let Err(err) = sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) {
-            fail(Stage::NestUnshare, err);
-        }
-        let mut byte = [0u8; 1];
-        if sys::write_all(ready_w, &[1]).is_err() || sys::read_full(go_r, &mut byte) != Ok(1) {
-            // pid 1 could not map us; it reports why.
-            sys::exit(127);
-        }
-        sys::close(ready_w);
-        sys::close(go_r);
-    }
-    let e = &plan.exec;
-    sys::sigmask(libc::SIG_SETMASK, &sys::sigset(&[]));
-    sys::reset_signal_dispositions();
-    // A session of its own, as a container's main process has; it cannot fail in a fresh fork.
-    // SAFETY: setsid has no memory effects.
-    unsafe { libc::setsid() };
-    if plan.tty.is_some() {
-        if let Err(err) = super::tty::child_take_control() {
-            fail(Stage::Tty, err);
-        }
-    }
-
-    if let Err(err) = caps::drop_bounding(plan.caps, plan.last_cap) {
-        fail(Stage::Bounding, err);
-    }
-    if let Err(err) = sys::prctl(libc::PR_SET_KEEPCAPS, 1) {
-        fail(Stage::Caps, err);
-    }
-    if let Err(err) = sys::set_ids(e.uid, e.gid, e.groups.as_deref()) {
-        fail(Stage::Ids, err);
-    }
-    if let Err(err) = caps::apply(plan.caps) {
-        fail(Stage::Caps, err);
-    }
-    if let Err(err) = sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1) {
-        fail(Stage::NoNewPrivs, err);
-    }
-    if let Err(err) = cgroup::apply_rlimits(rlimits) {
-        fail(Stage::Rlimits, err);
-    }
-    if let Err(err) = sys::chdir(&e.cwd) {
-        fail(Stage::Chdir, err);
-    }
-    if let Err(err) = sys::close_range(3, true) {
-        fail(Stage::CloseFds, err);
-    }
-    // Last: from here on every syscall, exec included, goes through the filter.
-    if let Some(filter) = &plan.seccomp {
-        if let Err(err) = filter.load() {
-            fail(Stage::Seccomp, err);
-        }
-    }
-    let mut denied = None;
-    for (i, path) in e.candidates.iter().enumerate() {
-        match sys::execve(path, &e.argv_ptrs, &e.env_ptrs) {
-            libc::ENOENT | libc::ENOTDIR => {}
-            // Keep looking, as execvp does, but remember why this one did not run.
-            libc::EACCES => denied = Some((i, libc::EACCES)),
-            err => fail(Stage::Exec(i), err),
-        }
-    }
-    match denied {
-        Some((i, err)) => fail(Stage::Exec(i), err),
-        None => fail(
-            Stage::Exec(e.candidates.len().saturating_sub(1)),
-            libc::ENOENT,
-        ),
     }
 }

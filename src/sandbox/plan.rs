@@ -14,6 +14,7 @@ use super::mounts::{self, Fds, MountError, Source, Step};
 use super::net;
 use super::seccomp::{self, Filter, SeccompError};
 use super::spec::{Network, SandboxSpec, DEFAULT_PATH};
+use super::trace::{self, Phase};
 use super::user::{self, Identity, UserError};
 
 #[derive(Debug, Error)]
@@ -118,6 +119,9 @@ pub struct Plan {
     pub tty: Option<(u16, u16)>,
     /// What pid 1 sends the tool in place of a SIGTERM (`--stop-signal`).
     pub stop_signal: libc::c_int,
+    /// With start-up tracing on, the trace's origin: the sandbox sends marks counted from it
+    /// (see [`super::trace`]).
+    pub trace_origin_ns: Option<u64>,
 }
 
 /// The tool's own user namespace, nested in the run's, for a tool that holds CAP_SYS_ADMIN.
@@ -223,8 +227,10 @@ impl Plan {
             net::files::generate(net.is_some(), &spec.net, &hostname, host_internal)
         };
         let mounts = mounts::plan(spec, &cwd, sys_admin, &generated)?;
+        trace::mark(Phase::Plan, "plan: ids, user, mounts resolved");
         let seccomp = seccomp::compile(&spec.seccomp, caps, spec.state_dir.as_deref())?;
         // `-t`: Docker's TERM for a terminal, unless the image or the caller set one.
+        trace::mark(Phase::SeccompPrepare, "plan: seccomp filter ready");
         let mut env = spec.env.clone();
         if spec.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
             env.insert(0, "TERM=xterm".into());
@@ -306,6 +312,7 @@ impl Plan {
                 (ws.ws_row, ws.ws_col)
             }),
             stop_signal: stop_signal(spec)?,
+            trace_origin_ns: trace::origin_ns(),
         })
     }
 }

@@ -14,13 +14,16 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::cgroup::{self, CgroupError, Enforcement};
-use super::child::{self, ChildFds, Report, Stage, REPORT_SIZE};
+use super::child::{self, ChildFds};
 use super::diagnose::{self, HostFacts};
 use super::init::{FORWARDED, WAITED};
+use super::mounts::Op;
 use super::net;
 use super::plan::{new_run_id, Plan, PlanError};
+use super::report::{Report, Stage, REPORT_SIZE};
 use super::spec::SandboxSpec;
 use super::sys;
+use super::trace::{self, Phase};
 
 /// Why a run could not produce an outcome. [`RunError::exit_code`] follows Docker.
 #[derive(Debug, Error)]
@@ -235,6 +238,7 @@ pub fn run_observed(
     let run_id = spec.run_id.clone().unwrap_or_else(new_run_id);
     let mut plan = Plan::build(spec, &run_id)?;
     let enforcement = cgroup::setup(&spec.limits, &run_id)?;
+    trace::mark(Phase::Cgroup, "cgroup created (or rlimits chosen)");
     let mut notes = Vec::new();
     if let Some(n) = plan.net.as_ref().and_then(|n| n.notice.clone()) {
         notes.push(n);
@@ -323,6 +327,7 @@ pub fn run_observed(
         }
     };
     let mut guard = ChildGuard(Some(pid));
+    trace::mark(Phase::Clone, "clone: sandbox created");
     drop(sync_r);
     drop(report_w);
     // The relay owns the caller's terminal mode from here: dropped on every way out.
@@ -340,6 +345,7 @@ pub fn run_observed(
     // while we attach it to its cgroup (the first write to a v1 cgroup.procs waits for an RCU
     // grace period, milliseconds); the second once it is attached, before anything is forked.
     plan.idmap.write(pid)?;
+    trace::mark(Phase::IdMaps, "id maps written");
     // Opened before the child changes its credentials, while we may still reach its /proc.
     let namespaces = match &plan.net {
         Some(_) => Some(net::parent::open_namespaces(pid)?),
@@ -354,6 +360,7 @@ pub fn run_observed(
     release("release the sandbox")?;
     if let Enforcement::Cgroup(cg) = &enforcement {
         cg.add_pid(pid)?;
+        trace::mark(Phase::CgroupAttach, "sandbox attached to its cgroup");
     }
     // The filter, the DNS forwarder and the user-mode helper, before the tool can start.
     let _network = match (&plan.net, namespaces) {
@@ -373,6 +380,8 @@ pub fn run_observed(
     guard.0 = None;
     drop(sync_w);
     let wall_time = started.elapsed();
+    trace::mark(Phase::Run, "pid 1 exited and reaped");
+    record_marks(&plan, &events.marks);
 
     let mut stats = None;
     let mut warnings = Vec::new();
@@ -383,6 +392,7 @@ pub fn run_observed(
         if let Err(e) = cg.remove() {
             warnings.push(format!("{e} (nsrun gc removes it)"));
         }
+        trace::mark(Phase::Cleanup, "cgroup read and removed");
     }
 
     if let Some(Report::Failed { stage, errno }) = events.failure {
@@ -439,6 +449,45 @@ pub fn run_observed(
     })
 }
 
+/// Adds the sandbox's trace marks to the timeline, named after their stages.
+fn record_marks(plan: &Plan, marks: &[(Stage, i32)]) {
+    let Some(origin) = plan.trace_origin_ns else {
+        return;
+    };
+    for &(stage, micros) in marks {
+        let phase = match stage {
+            Stage::WaitMaps | Stage::WaitCgroup => Phase::Wait,
+            Stage::Source(_) | Stage::SetupIds | Stage::ParentDeath | Stage::UnprivilegedPorts => {
+                Phase::Ids
+            }
+            Stage::Step(i)
+                if matches!(
+                    plan.steps.get(i).map(|s| &s.op),
+                    Some(Op::PivotDetachOld { .. })
+                ) =>
+            {
+                Phase::Pivot
+            }
+            Stage::Step(_) => Phase::Mounts,
+            Stage::UnshareCgroup | Stage::Hostname | Stage::Loopback | Stage::Stdio => {
+                Phase::Namespaces
+            }
+            Stage::Seccomp => Phase::SeccompLoad,
+            _ => Phase::Drop,
+        };
+        let what = match stage {
+            Stage::Exec(_) => format!("about to {}", stage.describe(plan)),
+            _ => stage.describe(plan),
+        };
+        trace::record(trace::Mark {
+            at_ns: origin + micros.max(0) as u64 * 1000,
+            side: trace::Side::Sandbox,
+            phase,
+            what,
+        });
+    }
+}
+
 fn cpu_time(usage: &libc::rusage) -> Duration {
     let tv = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
@@ -476,6 +525,8 @@ fn setup_error(plan: &Plan, stage: Stage, errno: i32) -> RunError {
 struct Events {
     started: Option<Duration>,
     failure: Option<Report>,
+    /// Start-up trace marks: (stage done, µs since the trace's origin).
+    marks: Vec<(Stage, i32)>,
     termination: Option<Termination>,
     timed_out: bool,
     cancelled: bool,
@@ -633,6 +684,7 @@ impl<'a> Waiter<'a> {
             match sys::read_full(fd.as_raw_fd(), &mut buf) {
                 Ok(REPORT_SIZE) => match Report::decode(&buf) {
                     Some(Report::Started { .. }) => {
+                        trace::mark(Phase::Exec, "tool started (pid 1's report received)");
                         let setup = self.started.elapsed();
                         self.events.started = Some(setup);
                         on_started(setup);
@@ -644,6 +696,7 @@ impl<'a> Waiter<'a> {
                         self.events.termination = Some(Termination::Signaled(signal))
                     }
                     Some(failure @ Report::Failed { .. }) => self.events.failure = Some(failure),
+                    Some(Report::Mark { stage, micros }) => self.events.marks.push((stage, micros)),
                     None => {}
                 },
                 _ => {
