@@ -66,6 +66,31 @@ pub enum Error {
 impl Error {
     /// Docker's convention: 127 command not found, 126 not executable, 125 everything else
     /// (nsrun's own failure).
+    /// A stable name of the kind of failure, for machines (the service's `errorKind`):
+    /// `badSpec`, `imageNotFound`, `auth`, `pullFailed`, `hostRefused`, `setup`,
+    /// `commandNotFound`, `notExecutable`, `files`, `sandbox`, `helper` or `cancelled`.
+    ///
+    /// ```
+    /// let e = nsrun::Error::Cancelled;
+    /// assert_eq!(e.kind(), "cancelled");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::BadSpec { .. } => "badSpec",
+            Error::ImageNotFound { .. } => "imageNotFound",
+            Error::Auth { .. } => "auth",
+            Error::PullFailed { .. } => "pullFailed",
+            Error::HostRefused { .. } => "hostRefused",
+            Error::Setup { .. } => "setup",
+            Error::CommandNotFound { .. } => "commandNotFound",
+            Error::NotExecutable { .. } => "notExecutable",
+            Error::Files { .. } => "files",
+            Error::Sandbox { .. } => "sandbox",
+            Error::Helper { .. } => "helper",
+            Error::Cancelled => "cancelled",
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::CommandNotFound { .. } => 127,

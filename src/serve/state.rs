@@ -226,6 +226,7 @@ impl Run {
                         "runMs": ms(r.durations.run),
                     },
                     "error": null,
+                    "errorKind": null,
                 });
                 (state, reason, result, outputs, bytes)
             }
@@ -239,7 +240,7 @@ impl Run {
                     "exitCode": null, "signal": null, "reason": reason,
                     "stdout": "", "stderr": "", "stdoutTruncated": false, "stderrTruncated": false,
                     "outputs": [], "image": null, "durationMs": self.created.elapsed().unwrap_or_default().as_secs_f64() * 1000.0,
-                    "timing": null, "error": e.to_string(),
+                    "timing": null, "error": e.to_string(), "errorKind": e.kind(),
                 });
                 (state, reason, result, BTreeMap::new(), 0)
             }

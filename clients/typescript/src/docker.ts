@@ -28,7 +28,8 @@ export interface DockerLikeRunResult {
   stderr: string;
   /**
    * The tool's own code; else Docker's conventions: 128+N killed by signal N (137 also for an
-   * out-of-memory kill), 124 timeout, 125 nsrun could not run it (`stderr` then says why).
+   * out-of-memory kill), 124 timeout, 127 command not found, 126 command not executable, 125
+   * nsrun could not run it otherwise (`stderr` then says why).
    */
   exitCode: number;
 }
@@ -40,6 +41,8 @@ export function dockerExitCode(r: Result): number {
   if (r.reason === "oom") return 137;
   if (typeof r.signal === "number") return 128 + r.signal;
   if (r.reason === "cancelled") return 137;
+  if (r.errorKind === "commandNotFound") return 127;
+  if (r.errorKind === "notExecutable") return 126;
   return 125;
 }
 

@@ -86,7 +86,24 @@ export interface Result {
   timing?: { queueMs?: number; pullMs?: number; startMs?: number; runMs?: number };
   /** One line saying why the run failed (reason `failed`). */
   error: string | null;
+  /** The kind of failure, for machines (`null` when the tool ran). */
+  errorKind?: ErrorKind | null;
 }
+
+/** Why a run failed before its tool ran (`Result.errorKind`). */
+export type ErrorKind =
+  | "badSpec"
+  | "imageNotFound"
+  | "auth"
+  | "pullFailed"
+  | "hostRefused"
+  | "setup"
+  | "commandNotFound"
+  | "notExecutable"
+  | "files"
+  | "sandbox"
+  | "helper"
+  | "cancelled";
 
 /** A run as the server knows it: `GET /v1/runs/{id}`. */
 export interface Run {

@@ -244,11 +244,14 @@ describe("nsrun serve over a unix socket", { skip: skip ?? false }, () => {
     assert.deepEqual(b, { stdout: "SHELL\n", stderr: "", exitCode: 0 });
     const c = await dockerLikeRun({ image: env.image, command: ["sleep", "30"], timeout: 1 });
     assert.equal(c.exitCode, 124);
-    // A run nsrun could not start: 125 and why on stderr. (Docker says 127 for a missing command;
-    // serve's failed result names no error kind, so the adapter cannot tell.)
+    // A command nsrun could not start: Docker's 127 (not found) and 126 (not executable), and why
+    // on stderr.
     const d = await dockerLikeRun({ image: env.image, command: ["/no/such/tool"] });
-    assert.equal(d.exitCode, 125);
+    assert.equal(d.exitCode, 127);
     assert.match(d.stderr, /^nsrun: .*\/no\/such\/tool/m);
+    const e = await dockerLikeRun({ image: env.image, command: ["/etc/passwd"] });
+    assert.equal(e.exitCode, 126);
+    assert.match(e.stderr, /^nsrun: .*\/etc\/passwd/m);
   });
 });
 
