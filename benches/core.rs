@@ -5,6 +5,9 @@
 //!
 //!     cargo bench --bench core            # all
 //!     cargo bench --bench core -- seccomp # one group
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
 
 use std::hint::black_box;
 use std::io::Write;

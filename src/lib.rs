@@ -22,6 +22,9 @@
 //! # Ok(()) }
 //! ```
 
+// The unit tests also link the dev-dependencies (criterion, tempfile) they do not all use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+
 pub mod doctor;
 pub mod helper;
 pub mod reference;

@@ -1,4 +1,7 @@
 //! `nsrun`: see `nsrun --help` and the README.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
 
 mod cli;
 

@@ -3,6 +3,9 @@
 //!
 //! Fixtures: `NSRUN_TEST_ROOTFS` (busybox rootfs), `NSRUN_TEST_PROBE` (else built here), the
 //! nsrun binary (`NSRUN_BIN` or cargo's). The probe is bind-mounted read-only at /probe.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
 
 mod common;
 #[path = "confine_common/mod.rs"]

@@ -1,4 +1,7 @@
 //! The library inside a busy multithreaded tokio program, as a worker embeds it.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
 
 mod common;
 use common::*;
