@@ -14,9 +14,9 @@ use std::io::Write;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use nsrun::ids::Ownership;
 use nsrun::reference::Reference;
 use nsrun::sandbox::caps::CapSet;
-use nsrun::sandbox::idmap::Ownership;
 use nsrun::sandbox::plan::Plan;
 use nsrun::sandbox::seccomp::{compile, SeccompSource};
 use nsrun::sandbox::SandboxSpec;

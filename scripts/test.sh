@@ -80,6 +80,8 @@ if ! $quick; then
   cargo clippy --all-targets --quiet -- -D warnings
   RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 fi
+log "module layering (no import cycle in src/)"
+scripts/check-layering.py
 log "building tests"
 cargo build --quiet --all-targets
 exes=$(cargo test --no-run --message-format=json 2>/dev/null |

@@ -26,13 +26,17 @@
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
 pub mod doctor;
-pub mod helper;
+pub mod ids;
 pub mod reference;
 pub mod registry;
 pub mod runner;
 pub mod sandbox;
 pub mod store;
 pub mod unpack;
+
+// The helper carries the runner's errors in its protocol, so it lives under the runner (no
+// import cycle); `nsrun::helper` stays its public path.
+pub use runner::helper;
 
 pub use runner::{Error, Event, ImageRef, RunHandle, RunResult, RunSpec, Runtime};
 

@@ -11,7 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use images_common::*;
-use nsrun::sandbox::idmap::Ownership;
+use nsrun::ids::Ownership;
 use nsrun::store::default_ownership;
 use nsrun::unpack::{Limits, UnpackError, Unpacker};
 
@@ -607,7 +607,7 @@ fn random_hostile_layers_never_escape() {
 /// anything is written, as root and unprivileged alike. So is a squash to -1.
 #[test]
 fn ownership_reaching_host_root_is_refused() {
-    use nsrun::sandbox::idmap::RANGE_SIZE;
+    use nsrun::ids::RANGE_SIZE;
     let shift = |uid_base, gid_base| Ownership::Shift {
         uid_base,
         gid_base,
@@ -648,7 +648,7 @@ fn ownership_reaching_host_root_is_refused() {
 /// The highest base allowed maps the last container id to `u32::MAX - 1`, never further.
 #[test]
 fn shift_at_the_top_of_the_id_space_stays_in_range() {
-    use nsrun::sandbox::idmap::RANGE_SIZE;
+    use nsrun::ids::RANGE_SIZE;
     if !nix::unistd::geteuid().is_root() {
         println!("skipped: shifting ids needs root");
         return;

@@ -34,6 +34,7 @@
 pub mod audit;
 pub mod blocking;
 mod error;
+pub mod helper;
 mod image;
 pub mod result;
 pub mod scratch;
@@ -55,13 +56,13 @@ pub use result::{Durations, ImageRef, RunResult};
 pub use scratch::{OutputFile, OutputLimits};
 pub use spec::{Data, Input, RunSpec, Source, Stdin, DEFAULT_WORK_DIR, INPUTS_DIR};
 
-use crate::helper::{Helper, Message};
+use crate::ids::{image_ownership, Caller};
 use crate::registry::RegistryOptions;
 use crate::sandbox::cgroup::Limits;
-use crate::sandbox::idmap::{image_ownership, Caller};
 use crate::sandbox::{Network, Outcome, SandboxSpec, Termination};
 use crate::store::progress::{Observer, PullProgress};
 use crate::store::{ImageHold, PullOptions, PullPolicy, ResolvedImage, Store};
+use helper::{Helper, Message};
 
 /// Default cap of captured stdout and of captured stderr: 16 MiB each.
 pub const DEFAULT_CAPTURE_LIMIT: usize = 16 << 20;
@@ -577,7 +578,7 @@ impl Prepared {
             let base = self
                 .sandbox
                 .root_id_base
-                .unwrap_or(crate::sandbox::idmap::DEFAULT_ROOT_ID_BASE);
+                .unwrap_or(crate::ids::DEFAULT_ROOT_ID_BASE);
             (base, base)
         });
         let s = scratch::Scratch::create(root, self.tenant.as_deref(), run_id, owner)?;

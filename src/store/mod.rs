@@ -55,12 +55,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::ids::Ownership;
 use crate::reference::{ReferenceError, Source};
 use crate::registry::digest::{sha256_hex, FinishError, Verifier, VerifyingReader};
 pub use crate::registry::manifest::ImageConfig;
 use crate::registry::manifest::{self, Document, ImageManifest, ManifestError, Platform};
 use crate::registry::{RegistryClient, RegistryError, RegistryOptions};
-use crate::sandbox::idmap::Ownership;
 use crate::unpack::{self, Limits, UnpackError, Unpacker};
 use local::LayerFile;
 
@@ -69,7 +69,7 @@ use local::LayerFile;
 pub const SHARE_MIN_SIZE: u64 = 16 * 1024;
 
 /// The first host id of the range container ids map to when nsrun runs as root.
-pub const ROOT_ID_BASE: u32 = crate::sandbox::idmap::DEFAULT_ROOT_ID_BASE;
+pub const ROOT_ID_BASE: u32 = crate::ids::DEFAULT_ROOT_ID_BASE;
 
 /// Why a cache operation failed. Every message is one line: inner errors are cut at their first
 /// newline ([`one_line`]), since some (the `tar` crate's, a registry's error body) quote input.
@@ -198,7 +198,7 @@ impl PullOptions {
 
 /// Squash to the caller when unprivileged; shift into [`ROOT_ID_BASE`]..+65536 as root.
 pub fn default_ownership() -> Ownership {
-    crate::sandbox::idmap::image_ownership(crate::sandbox::idmap::Caller::current(), None)
+    crate::ids::image_ownership(crate::ids::Caller::current(), None)
 }
 
 /// The part of the cache key that says who owns the files.

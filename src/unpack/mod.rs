@@ -43,7 +43,7 @@ use nix::unistd::{fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags
 
 use sha2::{Digest, Sha256};
 
-use crate::sandbox::idmap::{Ownership, DEFAULT_ROOT_ID_BASE, RANGE_SIZE};
+use crate::ids::{Ownership, DEFAULT_ROOT_ID_BASE, RANGE_SIZE};
 
 /// Limits against decompression and entry-count bombs. They apply to a whole image (all layers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,7 +270,7 @@ pub fn first_line(e: &impl std::fmt::Display) -> String {
 /// Refuses an ownership whose files could end up owned by host root, or by nobody we chose.
 /// Host id 0 inside a shifted range, or a range wrapping past `u32::MAX`, gives files to host
 /// root; id `u32::MAX` is `(uid_t)-1`, which chown reads as "leave unchanged" (the creator, root).
-/// The sandbox refuses such bases too ([`crate::sandbox::idmap::IdmapError::BadBase`]).
+/// The sandbox refuses such bases too (`sandbox::idmap::IdmapError::BadBase`).
 pub fn check_ownership(ownership: Ownership) -> Result<(), UnpackError> {
     let bad = |why| Err(UnpackError::BadOwnership { ownership, why });
     match ownership {

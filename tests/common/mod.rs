@@ -108,7 +108,7 @@ pub fn is_root() -> bool {
 /// Host uid that container root maps to for this caller (see `nsrun::sandbox::idmap`).
 pub fn expected_host_root() -> u32 {
     if is_root() {
-        nsrun::sandbox::idmap::DEFAULT_ROOT_ID_BASE
+        nsrun::ids::DEFAULT_ROOT_ID_BASE
     } else {
         nix::unistd::geteuid().as_raw()
     }
