@@ -1,4 +1,4 @@
-//! The index of references (`refs.json`: "<reference>|<platform>" -> manifest digest), written by
+//! The index of references (`refs.json`: `"<reference>|<platform>"` -> manifest digest), written by
 //! write-temp-then-rename under its own lock, and what reads it: listing, inspecting, removing.
 
 use std::collections::BTreeMap;
