@@ -303,14 +303,15 @@ impl RunCgroup {
         self.dirs.iter().map(|(_, d)| d.as_path())
     }
 
-    /// The v2 directory, for `clone3(CLONE_INTO_CGROUP)` (open it with `O_PATH|O_DIRECTORY`).
+    /// The v2 directory (`None` for v1).
     pub fn v2_dir(&self) -> Option<&Path> {
         (self.kind == Kind::V2).then(|| self.dirs[0].1.as_path())
     }
 
-    /// An `O_PATH|O_DIRECTORY` descriptor of the v2 directory, the `cgroup` argument of
-    /// `clone3(CLONE_INTO_CGROUP)`: the child then starts inside its cgroup, and the kernel takes
-    /// the cgroup lock only for reading (no RCU grace period, unlike a `cgroup.procs` write).
+    /// An `O_PATH|O_DIRECTORY` descriptor of the v2 directory, the form the `cgroup` argument of
+    /// `clone3(CLONE_INTO_CGROUP)` takes. nsrun does not call clone3 today (Docker's default
+    /// seccomp profile answers it with ENOSYS, so `spawn` clones with `clone` and the parent writes
+    /// the pid into `cgroup.procs`, see [`RunCgroup::add_pid`]); this is for a caller that does.
     /// `None` for v1.
     pub fn v2_dir_fd(&self) -> Option<Result<std::os::fd::OwnedFd, CgroupError>> {
         let dir = self.v2_dir()?;
