@@ -24,6 +24,8 @@
 
 // The unit tests also link the dev-dependencies (criterion, tempfile) they do not all use.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
+// The binary's (src/main.rs) log output: `NSRUN_LOG=debug`. The library only emits events.
+use tracing_subscriber as _;
 
 pub mod doctor;
 pub mod ids;

@@ -6,6 +6,16 @@
 mod cli;
 
 fn main() {
+    // `NSRUN_LOG=debug` (any tracing filter) shows the library's events on stderr: setup steps,
+    // fallbacks and their reasons. Unset, nothing is printed. No thread is started, so the
+    // helper mode below stays single-threaded.
+    if let Ok(filter) = std::env::var("NSRUN_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init();
+    }
     // The library's helper mode: a multithreaded caller runs sandboxes through us.
     nsrun::helper::run_if_helper();
     // The tool of `nsrun doctor`'s probe sandbox.

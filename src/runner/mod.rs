@@ -243,7 +243,12 @@ impl Runtime {
         let started_at = SystemTime::now();
         let run_id = crate::sandbox::plan::new_run_id();
         let mut rec = Recorder::new(&self.inner, &spec, &run_id, started_at);
-        let r = self.run_here_inner(&mut spec, stdio, &mut rec);
+        let r = tracing::debug_span!("run", run_id = %run_id)
+            .in_scope(|| self.run_here_inner(&mut spec, stdio, &mut rec));
+        match &r {
+            Ok(res) => tracing::debug!(run_id = %run_id, exit_code = res.exit_code, "run finished"),
+            Err(e) => tracing::debug!(run_id = %run_id, error = %e, "run failed"),
+        }
         rec.audit(&self.inner, &r);
         r
     }

@@ -42,7 +42,17 @@ pub(super) async fn run_task(
     let started_at = SystemTime::now();
     let run_id = crate::sandbox::plan::new_run_id();
     let mut rec = Recorder::new(&inner, &spec, &run_id, started_at);
-    let r = run_inner(&inner, &mut spec, &tx, &mut kill, ticket, &mut rec, t0).await;
+    // Every event of this run, in this process, carries its id.
+    let span = tracing::debug_span!("run", run_id = %run_id);
+    let r = tracing::Instrument::instrument(
+        run_inner(&inner, &mut spec, &tx, &mut kill, ticket, &mut rec, t0),
+        span,
+    )
+    .await;
+    match &r {
+        Ok(res) => tracing::debug!(run_id = %run_id, exit_code = res.exit_code, "run finished"),
+        Err(e) => tracing::debug!(run_id = %run_id, error = %e, "run failed"),
+    }
     if let Err(e) = &r {
         emit(&tx, Event::Failed(e.clone())).await;
     }
@@ -74,6 +84,7 @@ pub(super) async fn run_inner(
     let slot = match ticket {
         Ticket::Ready(slot) => slot,
         Ticket::Waiting { position, slot } => {
+            tracing::debug!(position, "queued: all slots busy");
             emit(tx, Event::Queued { position }).await;
             tokio::select! {
                 s = slot => s.map_err(|_| Error::Helper { message: "the run queue went away".into() })?,
@@ -89,8 +100,12 @@ pub(super) async fn run_inner(
         let reference = reference.clone();
         let policy = spec.pull.unwrap_or(inner.pull_policy);
         let img = match lookup(inner, &reference, policy, &pull_options(inner, spec, None))? {
-            Some(img) => img,
+            Some(img) => {
+                tracing::debug!(%reference, digest = %img.digest, "image found in the cache");
+                img
+            }
             None => {
+                tracing::debug!(%reference, ?policy, "pulling the image");
                 let (ptx, mut prx) = mpsc::unbounded_channel::<PullProgress>();
                 let observer = Observer(Arc::new(move |p| {
                     let _ = ptx.send(p);
@@ -130,6 +145,7 @@ pub(super) async fn run_inner(
     let t_setup = Instant::now();
     if spec.uses_scratch() {
         prep.create_scratch(&inner.root, &run_id)?;
+        tracing::debug!("scratch directory created for files in and out");
     }
     let inputs = std::mem::take(&mut spec.inputs);
     if let Some(s) = &prep.scratch {
@@ -156,6 +172,7 @@ pub(super) async fn run_inner(
         ),
         Stdin::Data(Data::Reader(r)) => (Some(std::process::Stdio::piped()), Some(r)),
     };
+    tracing::debug!(helper = %helper.path().display(), "starting the sandbox through the helper");
     let mut hr = helper.start(&prep.sandbox, stdin_stdio, true)?;
     let child_stdin = hr.stdin.take();
     let stdout = hr.stdout.take().expect("piped");

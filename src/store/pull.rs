@@ -113,6 +113,7 @@ impl Store {
             None => None,
         };
         let key = Self::entry_key(&plan.digest, &opts.ownership)?;
+        tracing::debug!(reference = canonical, digest = %plan.digest, layers = plan.manifest.layers.len(), "installing: waiting for the entry lock");
         let _lock = self.lock(&key).await?;
         if let Some(img) = self.read_entry(&key, canonical)? {
             self.record_ref(canonical, platform, &plan.digest)?;
@@ -176,6 +177,7 @@ impl Store {
         set_mode(&staging, 0o755)?;
         std::fs::rename(&staging, &dir)
             .map_err(|e| StoreError::io(&dir, "rename staging to", e))?;
+        tracing::debug!(entry = %dir.display(), "installed");
         guard.disarm();
         self.record_ref(canonical, platform, &plan.digest)?;
         Ok(ResolvedImage {

@@ -187,7 +187,15 @@ pub struct RunCgroup {
 /// of this process, so that [`sweep`] can tell when its owner is gone); it must be unique among
 /// this process's live runs.
 pub fn setup(limits: &Limits, run_id: &str) -> Result<Enforcement, CgroupError> {
-    Ok(setup_explained(limits, run_id)?.0)
+    let (enforcement, why) = setup_explained(limits, run_id)?;
+    match (&enforcement, why) {
+        (Enforcement::Cgroup(cg), _) => {
+            tracing::debug!(run_id, dirs = ?cg.paths().collect::<Vec<_>>(), "run cgroup created")
+        }
+        (_, Some(reason)) => tracing::debug!(run_id, %reason, "limits fall back to rlimits"),
+        _ => {}
+    }
+    Ok(enforcement)
 }
 
 /// [`setup`], plus why no cgroup could be created when it falls back to rlimits (e.g.
