@@ -104,8 +104,12 @@ scripts/container-test.sh target/debug/nsrun "$NSRUN_TEST_ROOTFS"
 # The benchmark suite's quick mode (its option parsing is tests/bench_script.rs): it must keep
 # working, though its figures mean nothing on a debug build.
 log "scripts/bench.sh --quick (debug build)"
+# Its registry sits next to the test registries when NSRUN_REGISTRY_PORT moves them, so that
+# parallel runs of this script on one machine do not collide.
+bench_port=5610
+[[ -n ${NSRUN_REGISTRY_PORT:-} ]] && bench_port=$((NSRUN_REGISTRY_PORT + 10))
 NSRUN_BIN=$repo/target/debug/nsrun PUSH_ROOTFS=$repo/target/debug/examples/push_rootfs \
-  NSRUN_REGISTRY_PORT=5610 scripts/bench.sh --quick --out "$state/bench" >"$state/bench.log" 2>&1 ||
+  NSRUN_REGISTRY_PORT=$bench_port scripts/bench.sh --quick --out "$state/bench" >"$state/bench.log" 2>&1 ||
   { cat "$state/bench.log"; die "scripts/bench.sh --quick failed"; }
 grep -q '^| nsrun | ' "$state/bench/latest.md" || die "bench.sh --quick wrote no nsrun row"
 ls "$state"/bench/latest-startup-true.png >/dev/null || die "bench.sh --quick drew no chart"
