@@ -104,10 +104,10 @@ scripts/container-test.sh target/debug/nsrun "$NSRUN_TEST_ROOTFS"
 # The benchmark suite's quick mode (its option parsing is tests/bench_script.rs): it must keep
 # working, though its figures mean nothing on a debug build.
 log "scripts/bench.sh --quick (debug build)"
-# Its registry sits next to the test registries when NSRUN_REGISTRY_PORT moves them, so that
-# parallel runs of this script on one machine do not collide.
+# Its registries (three ports) sit right after the test registries' three when NSRUN_REGISTRY_PORT
+# moves them, so that parallel runs of this script on one machine (bases 10 apart) do not collide.
 bench_port=5610
-[[ -n ${NSRUN_REGISTRY_PORT:-} ]] && bench_port=$((NSRUN_REGISTRY_PORT + 10))
+[[ -n ${NSRUN_REGISTRY_PORT:-} ]] && bench_port=$((NSRUN_REGISTRY_PORT + 5))
 NSRUN_BIN=$repo/target/debug/nsrun PUSH_ROOTFS=$repo/target/debug/examples/push_rootfs \
   NSRUN_REGISTRY_PORT=$bench_port scripts/bench.sh --quick --out "$state/bench" >"$state/bench.log" 2>&1 ||
   { cat "$state/bench.log"; die "scripts/bench.sh --quick failed"; }
