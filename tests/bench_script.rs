@@ -4,6 +4,8 @@
 // library's (Cargo.toml [lints]).
 #![allow(unused_crate_dependencies)]
 
+mod support;
+
 use std::process::{Command, Output};
 
 fn bench(args: &[&str]) -> Output {

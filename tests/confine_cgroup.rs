@@ -4,6 +4,8 @@
 // library's (Cargo.toml [lints]).
 #![allow(unused_crate_dependencies)]
 
+mod support;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -342,10 +344,10 @@ fn host_has_v1() -> Result<(), String> {
 }
 
 fn skip_or_fail(why: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
+    if crate::support::in_ci() {
         panic!("{why}");
     }
-    eprintln!("skipped: {why}");
+    crate::support::skipped(why);
 }
 
 /// A shell waiting for a line on stdin before running `script`, so it is in the cgroup first.

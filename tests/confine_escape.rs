@@ -7,6 +7,8 @@
 // library's (Cargo.toml [lints]).
 #![allow(unused_crate_dependencies)]
 
+mod support;
+
 mod common;
 #[path = "confine_common/mod.rs"]
 mod confine_common;
@@ -320,7 +322,7 @@ fn setuid_root_binary_gains_nothing() {
     if !o.status.success() && stderr(&o).contains("1000") && !is_root() {
         // No subordinate ids for this user: uid 1000 does not exist in the container.
         assert!(!common::in_ci(), "{}", stderr(&o));
-        eprintln!("skipped: {}", stderr(&o));
+        crate::support::skipped(&stderr(&o));
         return;
     }
     assert_code(&o, 0);

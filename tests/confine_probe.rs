@@ -6,6 +6,8 @@
 // library's (Cargo.toml [lints]).
 #![allow(unused_crate_dependencies)]
 
+mod support;
+
 #[path = "confine_common/mod.rs"]
 mod confine_common;
 use confine_common as common;

@@ -10,6 +10,8 @@
 // library's (Cargo.toml [lints]).
 #![allow(unused_crate_dependencies)]
 
+mod support;
+
 use std::path::Path;
 
 use nsrun::sandbox::caps::{cap_from_name, CapSet};
@@ -470,7 +472,7 @@ fn arch_map_covers_i386_entry() {
     match run(None, i386_mkdir_null) {
         Outcome::Errno(libc::EFAULT) => {}
         other => {
-            eprintln!("skipped: no IA32 emulation here ({other:?})");
+            crate::support::skipped(&format!("no IA32 emulation here ({other:?})"));
             return;
         }
     }
@@ -742,7 +744,7 @@ fn x32_calls_bypass_the_enosys_prologue() {
     match run(None, x32_getpid) {
         Outcome::Errno(0) => {}
         other => {
-            eprintln!("skipped: no x32 ABI here ({other:?})");
+            crate::support::skipped(&format!("no x32 ABI here ({other:?})"));
             return;
         }
     }

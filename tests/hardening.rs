@@ -8,6 +8,8 @@
 // library's (Cargo.toml [lints]).
 #![allow(unused_crate_dependencies)]
 
+mod support;
+
 mod common;
 #[path = "confine_common/mod.rs"]
 mod confine_common;

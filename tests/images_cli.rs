@@ -5,6 +5,8 @@
 // library's (Cargo.toml [lints]).
 #![allow(unused_crate_dependencies)]
 
+mod support;
+
 mod images_common;
 
 use std::path::Path;

@@ -8,6 +8,8 @@
 // library's (Cargo.toml [lints]).
 #![allow(unused_crate_dependencies)]
 
+mod support;
+
 mod images_common;
 
 use std::time::Duration;
@@ -45,7 +47,9 @@ fn env() -> Option<Env> {
             if in_ci() {
                 panic!("CI=true but the test registries are not configured: run scripts/registry.sh start DIR and source DIR/registry.env");
             }
-            eprintln!("skipped: no test registry (run scripts/registry.sh start DIR and source DIR/registry.env)");
+            crate::support::skipped(
+                "no test registry (run scripts/registry.sh start DIR and source DIR/registry.env)",
+            );
             None
         }
     }

@@ -5,6 +5,8 @@
 // library's (Cargo.toml [lints]).
 #![allow(unused_crate_dependencies)]
 
+mod support;
+
 mod images_common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -650,7 +652,7 @@ fn ownership_reaching_host_root_is_refused() {
 fn shift_at_the_top_of_the_id_space_stays_in_range() {
     use nsrun::ids::RANGE_SIZE;
     if !nix::unistd::geteuid().is_root() {
-        println!("skipped: shifting ids needs root");
+        crate::support::skipped("shifting ids needs root");
         return;
     }
     let f = Fixture::new();

@@ -4,6 +4,8 @@
 // library's (Cargo.toml [lints]).
 #![allow(unused_crate_dependencies)]
 
+mod support;
+
 mod common;
 use common::*;
 

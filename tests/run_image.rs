@@ -4,6 +4,8 @@
 // library's (Cargo.toml [lints]).
 #![allow(unused_crate_dependencies)]
 
+mod support;
+
 mod common;
 mod images_common;
 
@@ -89,7 +91,7 @@ fn an_image_from_a_real_registry_runs_with_its_config() {
             !in_ci(),
             "CI must start the test registry (scripts/registry.sh)"
         );
-        eprintln!("skipped: NSRUN_TEST_REGISTRY is not set");
+        crate::support::skipped("NSRUN_TEST_REGISTRY is not set");
         return;
     };
     let img = busybox_image(tool_config());

@@ -4,6 +4,8 @@
 // library's (Cargo.toml [lints]).
 #![allow(unused_crate_dependencies)]
 
+mod support;
+
 mod common;
 mod images_common;
 
@@ -806,7 +808,7 @@ fn registry_refusals_are_typed() {
         std::env::var("NSRUN_TEST_REGISTRY"),
     ) else {
         assert!(!in_ci(), "CI must start the test registries");
-        eprintln!("skipped: NSRUN_TEST_REGISTRY(_AUTH) not set");
+        crate::support::skipped("NSRUN_TEST_REGISTRY(_AUTH) not set");
         return;
     };
     let root = tempfile::tempdir().unwrap();

@@ -14,10 +14,8 @@ pub fn nsrun_bin() -> PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_nsrun").into())
 }
 
-/// Whether we run in CI, where a missing fixture is a failure, never a skip.
-pub fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
-}
+#[allow(unused_imports)] // not every test crate that includes this module asks
+pub use crate::support::in_ci;
 
 /// The busybox rootfs: `NSRUN_TEST_ROOTFS`, else built once under target/ with
 /// scripts/mkrootfs-busybox.sh (needs Debian's busybox-static).
