@@ -5,15 +5,18 @@
 //!
 //!     cargo bench --bench core            # all
 //!     cargo bench --bench core -- seccomp # one group
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
 
 use std::hint::black_box;
 use std::io::Write;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use nsrun::ids::Ownership;
 use nsrun::reference::Reference;
 use nsrun::sandbox::caps::CapSet;
-use nsrun::sandbox::idmap::Ownership;
 use nsrun::sandbox::plan::Plan;
 use nsrun::sandbox::seccomp::{compile, SeccompSource};
 use nsrun::sandbox::SandboxSpec;

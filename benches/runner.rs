@@ -8,6 +8,9 @@
 //!
 //! Criterion reports each row's throughput in elements (runs) per second. The bench also prints
 //! the caller's resident memory per concurrent run (the worker's own cost, not the sandboxes').
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

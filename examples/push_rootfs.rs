@@ -10,6 +10,9 @@
 //! ```
 //! Files keep their modes and owners; the registry is reached over HTTPS, or plain HTTP for
 //! loopback and `--insecure-registry` hosts, as `nsrun pull` does.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@
 //! time / runs (the median over `--rounds` rounds). bwrap gets the same rootfs with
 //! `--unshare-all --ro-bind ROOTFS / --proc /proc --dev /dev --tmpfs /tmp`, started from a
 //! thread per slot. Must call `run_if_helper` first: it can be its own helper.
+#![allow(unused_crate_dependencies)]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -22,8 +22,13 @@
 //! # Ok(()) }
 //! ```
 
+// The unit tests also link the dev-dependencies (criterion, tempfile) they do not all use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+// The binary's (src/main.rs) log output: `NSRUN_LOG=debug`. The library only emits events.
+use tracing_subscriber as _;
+
 pub mod doctor;
-pub mod helper;
+pub mod ids;
 pub mod reference;
 pub mod registry;
 pub mod runner;
@@ -31,6 +36,10 @@ pub mod sandbox;
 pub mod serve;
 pub mod store;
 pub mod unpack;
+
+// The helper carries the runner's errors in its protocol, so it lives under the runner (no
+// import cycle); `nsrun::helper` stays its public path.
+pub use runner::helper;
 
 pub use runner::{Error, Event, ImageRef, RunHandle, RunResult, RunSpec, Runtime};
 

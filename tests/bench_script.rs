@@ -1,5 +1,10 @@
 //! `scripts/bench.sh`'s options: what CI checks of the benchmark suite besides running
 //! `--quick` (scripts/test.sh does that as root). The suite itself is never timed in a test.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 use std::process::{Command, Output};
 

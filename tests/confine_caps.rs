@@ -1,5 +1,10 @@
 //! Capability sets applied for real in a forked child inside a fresh user namespace (so the same
 //! test runs as root and as an unprivileged user), read back from /proc/self/status.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 #[path = "confine_common/mod.rs"]
 mod confine_common;
@@ -77,8 +82,8 @@ fn last_cap_mask() -> u64 {
 fn status_or_skip(set: CapSet, last_cap: u32) -> Option<String> {
     match status_after_bounded(set, last_cap) {
         Ok(s) => Some(s),
-        Err(e) if e.contains("unshare") && std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("skipped: {e} (unprivileged user namespaces disabled?)");
+        Err(e) if e.contains("unshare") && !crate::support::in_ci() => {
+            crate::support::skipped(&format!("{e} (unprivileged user namespaces disabled?)"));
             None
         }
         Err(e) => panic!("{e}"),

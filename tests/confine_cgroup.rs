@@ -1,5 +1,10 @@
 //! cgroup setup: v2 and v1 against fake cgroupfs trees (any user), v1 for real on this host
 //! (root), the rlimit fallback for real (unprivileged), and rlimits applied in a child.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 use std::io::Write;
 use std::path::Path;
@@ -339,10 +344,10 @@ fn host_has_v1() -> Result<(), String> {
 }
 
 fn skip_or_fail(why: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
+    if crate::support::in_ci() {
         panic!("{why}");
     }
-    eprintln!("skipped: {why}");
+    crate::support::skipped(why);
 }
 
 /// A shell waiting for a line on stdin before running `script`, so it is in the cgroup first.

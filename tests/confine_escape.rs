@@ -3,6 +3,11 @@
 //!
 //! Fixtures: `NSRUN_TEST_ROOTFS` (busybox rootfs), `NSRUN_TEST_PROBE` (else built here), the
 //! nsrun binary (`NSRUN_BIN` or cargo's). The probe is bind-mounted read-only at /probe.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 #[path = "confine_common/mod.rs"]
@@ -317,7 +322,7 @@ fn setuid_root_binary_gains_nothing() {
     if !o.status.success() && stderr(&o).contains("1000") && !is_root() {
         // No subordinate ids for this user: uid 1000 does not exist in the container.
         assert!(!common::in_ci(), "{}", stderr(&o));
-        eprintln!("skipped: {}", stderr(&o));
+        crate::support::skipped(&stderr(&o));
         return;
     }
     assert_code(&o, 0);

@@ -2,6 +2,11 @@
 //! (bounding set, capabilities, no_new_privs, rlimits, seccomp, execve), inside a fresh user
 //! namespace so the test is the same as root and unprivileged. The full sandbox (namespaces,
 //! read-only root, masks) is covered by confine_escape.rs through `nsrun run`.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 #[path = "confine_common/mod.rs"]
 mod confine_common;

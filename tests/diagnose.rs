@@ -1,4 +1,9 @@
 //! When the host refuses, nsrun says which setting refuses and how to allow it.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 use common::*;

@@ -2,6 +2,9 @@
 //! /proc/self/mountinfo, limits from /proc/self/limits, the stop signal the tool receives, the
 //! terminal it gets), and their bad inputs: one line, exit 125, nothing left behind. The `-t`
 //! cases run nsrun under a real pseudo-terminal, as an interactive shell runs it.
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 use common::*;
@@ -234,6 +237,7 @@ fn a_hard_limit_above_our_own_needs_root() {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: getrlimit writes one rlimit into `own`.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) };
     let more = format!("nofile=64:{}", own.rlim_max + 1);
     let o = sh(&["--ulimit", &more], "cat /proc/self/limits");
@@ -333,10 +337,8 @@ fn set_size(fd: &OwnedFd, rows: u16, cols: u16) {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ reads one winsize.
-    assert_eq!(
-        unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
-        0
-    );
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(r, 0);
 }
 
 impl UnderPty {

@@ -3,6 +3,11 @@
 //! as root inside a user namespace. The "container" here is an nsrun sandbox, which filters with
 //! the profile given and masks /proc as Docker does; scripts/container-test.sh does the same with
 //! real Docker and podman.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 use common::*;

@@ -1,4 +1,9 @@
 //! The library inside a busy multithreaded tokio program, as a worker embeds it.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 use common::*;
@@ -113,11 +118,24 @@ fn dropping_the_future_kills_the_run() {
         rootfs(),
         ["/bin/sh", "-c", "while :; do sleep 1; done", &tok],
     );
-    rt.block_on(async {
+    let was_running = rt.block_on(async {
         let run = helper.run(&spec, None);
-        // Long enough for the tool to start, then the future is dropped.
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(1500), run).await;
+        tokio::pin!(run);
+        // Wait until the tool is seen running, then drop the future (at the end of this block).
+        let seen = async {
+            while pids_with(&tok).is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            _ = &mut run => false,
+            r = tokio::time::timeout(std::time::Duration::from_secs(20), seen) => r.is_ok(),
+        }
     });
+    assert!(
+        was_running,
+        "the tool never ran, so the drop would prove nothing"
+    );
     assert!(
         wait_until(std::time::Duration::from_secs(5), || pids_with(&tok)
             .is_empty()),

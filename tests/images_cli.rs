@@ -1,6 +1,11 @@
 //! The `nsrun pull | images | inspect | rmi | gc` commands as processes: 8 parallel pulls of one
 //! image download it once and all succeed; a SIGKILLed pull leaves nothing visible and the next
 //! pull succeeds; errors are one line with exit status 125.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod images_common;
 

@@ -2,6 +2,11 @@
 //! digest, wrong size, truncated body, 500-then-success, a stalled body, an oversized manifest.
 //! Also: platforms, media types and compressions, cache policies, corruption repair, rmi/gc,
 //! registry-free sources, 8 concurrent pulling processes, and SIGKILL in the middle of a pull.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod images_common;
 

@@ -4,6 +4,11 @@
 //!
 //! Needs the variables `scripts/registry.sh start` writes (NSRUN_TEST_REGISTRY, …). Without them
 //! the tests fail in CI (`CI=true`) and are skipped elsewhere.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod images_common;
 
@@ -42,7 +47,9 @@ fn env() -> Option<Env> {
             if in_ci() {
                 panic!("CI=true but the test registries are not configured: run scripts/registry.sh start DIR and source DIR/registry.env");
             }
-            eprintln!("skipped: no test registry (run scripts/registry.sh start DIR and source DIR/registry.env)");
+            crate::support::skipped(
+                "no test registry (run scripts/registry.sh start DIR and source DIR/registry.env)",
+            );
             None
         }
     }

@@ -1,6 +1,11 @@
 //! The unpacker against hostile layers: one test per attack, each asserting that nothing outside
 //! the staging directory is created or changed. Runs as root (ownership shifted) and unprivileged
 //! (ownership squashed to the caller).
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod images_common;
 
@@ -8,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use images_common::*;
-use nsrun::sandbox::idmap::Ownership;
+use nsrun::ids::Ownership;
 use nsrun::store::default_ownership;
 use nsrun::unpack::{Limits, UnpackError, Unpacker};
 
@@ -604,7 +609,7 @@ fn random_hostile_layers_never_escape() {
 /// anything is written, as root and unprivileged alike. So is a squash to -1.
 #[test]
 fn ownership_reaching_host_root_is_refused() {
-    use nsrun::sandbox::idmap::RANGE_SIZE;
+    use nsrun::ids::RANGE_SIZE;
     let shift = |uid_base, gid_base| Ownership::Shift {
         uid_base,
         gid_base,
@@ -645,9 +650,9 @@ fn ownership_reaching_host_root_is_refused() {
 /// The highest base allowed maps the last container id to `u32::MAX - 1`, never further.
 #[test]
 fn shift_at_the_top_of_the_id_space_stays_in_range() {
-    use nsrun::sandbox::idmap::RANGE_SIZE;
+    use nsrun::ids::RANGE_SIZE;
     if !nix::unistd::geteuid().is_root() {
-        println!("skipped: shifting ids needs root");
+        crate::support::skipped("shifting ids needs root");
         return;
     }
     let f = Fixture::new();

@@ -1,5 +1,10 @@
 //! Nothing of a run stays behind. In a file of its own: the counts below are of this whole test
 //! process, so no other test may run beside it.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 use common::*;

@@ -1,4 +1,9 @@
 //! A run's life and death: timeouts, signals, zombies, and nothing left behind.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 use common::*;

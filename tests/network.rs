@@ -8,6 +8,11 @@
 //! host route of ours must not capture; 2001:db8:1::/64), private (10.77.0.2) and metadata (169.254.169.254)
 //! addresses, and DNS. Root and rootless: servers on the host's loopback, reached as
 //! `host.nsrun.internal`.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 mod confine_common;

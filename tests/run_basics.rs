@@ -1,4 +1,9 @@
 //! The process a user gets: exit codes, streams, environment, identity, and clear errors.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 use common::*;

@@ -1,5 +1,10 @@
 //! `nsrun run` with files in and out (--input, --input-dir, --output, --output-dir), labels and
 //! the result as JSON (--json, --result-json); `nsrun gc` sweeping a killed run's scratch.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 use common::*;

@@ -1,5 +1,10 @@
 //! The runner API (`nsrun::runner`): results, events, the queue, cancel, files in and out,
 //! audit, errors — as a multithreaded worker uses it.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 mod images_common;
@@ -803,7 +808,7 @@ fn registry_refusals_are_typed() {
         std::env::var("NSRUN_TEST_REGISTRY"),
     ) else {
         assert!(!in_ci(), "CI must start the test registries");
-        eprintln!("skipped: NSRUN_TEST_REGISTRY(_AUTH) not set");
+        crate::support::skipped("NSRUN_TEST_REGISTRY(_AUTH) not set");
         return;
     };
     let root = tempfile::tempdir().unwrap();

@@ -1,5 +1,10 @@
 //! A gigabyte in (a streamed input) and a gigabyte out (stdout) through the runner, while the
 //! caller's memory stays small. One test in its own binary, so the peak RSS measured is its own.
+// A crate of its own that uses only some of the package's dependencies: the lint is the
+// library's (Cargo.toml [lints]).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 use common::*;

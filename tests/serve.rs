@@ -1,5 +1,8 @@
 //! `nsrun serve` end to end: the real binary, over real HTTP (TCP and a unix socket, TLS and
 //! mTLS), with images from the test registry (scripts/registry.sh: NSRUN_TEST_REGISTRY).
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 mod images_common;

@@ -2,6 +2,9 @@
 //! (the in-sandbox probe's escape attempts, seccomp answers, ids and capabilities, compared with
 //! a cold run's), each pooled helper serves one run, the pool refills, and nothing outlives the
 //! runtime.
+#![allow(unused_crate_dependencies)]
+
+mod support;
 
 mod common;
 mod confine_common;

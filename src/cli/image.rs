@@ -6,8 +6,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use nsrun::ids::Ownership;
 use nsrun::registry::RegistryOptions;
-use nsrun::sandbox::idmap::Ownership;
 use nsrun::store::{self, PullOptions, PullPolicy, ResolvedImage, Store};
 use nsrun::unpack::Limits;
 
@@ -211,7 +211,7 @@ fn ownership() -> Ownership {
     let base = std::env::var("NSRUN_UID_BASE")
         .ok()
         .and_then(|v| v.parse().ok());
-    nsrun::sandbox::idmap::image_ownership(nsrun::sandbox::idmap::Caller::current(), base)
+    nsrun::ids::image_ownership(nsrun::ids::Caller::current(), base)
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

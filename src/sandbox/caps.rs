@@ -207,6 +207,22 @@ fn errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
+/// Whether this process holds `cap` in its effective set (read from `/proc/self/status`; a
+/// process that cannot read it is taken not to hold it).
+pub fn effective_has(cap: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|eff| cap < 64 && eff & (1u64 << cap) != 0)
+}
+
 /// The highest capability number this kernel knows (`/proc/sys/kernel/cap_last_cap`), read once
 /// per process; 63 (every bit of a [`CapSet`]) when it cannot be read, so that nothing the kernel
 /// knows escapes [`drop_bounding`] (numbers past the kernel's last one then cost one EINVAL each).

@@ -21,13 +21,13 @@ use super::user::{self, Identity, UserError};
 pub enum PlanError {
     #[error("no command given: pass one after `--`")]
     NoCommand,
-    #[error("{0}")]
+    #[error(transparent)]
     Mount(#[from] MountError),
-    #[error("{0}")]
+    #[error(transparent)]
     User(#[from] UserError),
-    #[error("{0}")]
+    #[error(transparent)]
     Idmap(#[from] IdmapError),
-    #[error("{0}")]
+    #[error(transparent)]
     Caps(#[from] CapsError),
     #[error("seccomp: {0}")]
     Seccomp(#[from] SeccompError),
@@ -43,7 +43,7 @@ pub enum PlanError {
     BadCwd(String),
     #[error("--memory {0}: the minimum memory limit is 6 MiB, as in Docker (nsrun's own setup needs some)")]
     MemoryTooLow(u64),
-    #[error("{0}")]
+    #[error(transparent)]
     Net(#[from] net::parent::NetError),
     #[error("argument or variable contains a NUL byte: {0:?}")]
     Nul(String),

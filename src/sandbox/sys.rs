@@ -1,5 +1,8 @@
 //! The few raw system calls the sandbox needs that neither `std` nor `nix` offers in an
-//! allocation-free form. Every `unsafe` block of process setup lives here.
+//! allocation-free form. Most `unsafe` blocks of process setup live here; the others sit next to
+//! the one call they wrap, each with its `// SAFETY:` note (`clippy::undocumented_unsafe_blocks`
+//! is on for the whole crate): `caps`, `seccomp`, `cgroup` (setrlimit), `spawn`, `child`,
+//! `init`, `mounts`, `plan`, `net`, `syscall_probe`, `doctor` and the helper.
 //!
 //! Functions used after `clone` return `Err(errno)` and never allocate: the child may have been
 //! cloned from a multithreaded process whose allocator lock another thread held.

@@ -76,13 +76,9 @@ impl Ulimit {
     /// refused (the kernel would say EPERM later).
     pub fn check_allowed(&self) -> Result<(), String> {
         let resource = self.resource()?;
-        if caps::has_cap(
-            None,
-            caps::CapSet::Effective,
-            caps::Capability::CAP_SYS_RESOURCE,
-        )
-        .unwrap_or(false)
-        {
+        if super::caps::effective_has(
+            super::caps::cap_from_name("SYS_RESOURCE").expect("a known capability"),
+        ) {
             return Ok(());
         }
         let mut own = libc::rlimit {

@@ -14,10 +14,8 @@ pub fn nsrun_bin() -> PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_nsrun").into())
 }
 
-/// Whether we run in CI, where a missing fixture is a failure, never a skip.
-pub fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
-}
+#[allow(unused_imports)] // not every test crate that includes this module asks
+pub use crate::support::in_ci;
 
 /// The busybox rootfs: `NSRUN_TEST_ROOTFS`, else built once under target/ with
 /// scripts/mkrootfs-busybox.sh (needs Debian's busybox-static).
@@ -108,7 +106,7 @@ pub fn is_root() -> bool {
 /// Host uid that container root maps to for this caller (see `nsrun::sandbox::idmap`).
 pub fn expected_host_root() -> u32 {
     if is_root() {
-        nsrun::sandbox::idmap::DEFAULT_ROOT_ID_BASE
+        nsrun::ids::DEFAULT_ROOT_ID_BASE
     } else {
         nix::unistd::geteuid().as_raw()
     }

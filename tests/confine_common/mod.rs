@@ -5,10 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Whether we run in CI, where a missing fixture is a failure, not a skip.
-pub fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
+#[allow(unused_imports)] // not every test crate that includes this module asks
+pub use crate::support::in_ci;
 
 /// The static probe: `NSRUN_TEST_PROBE`, else built now by scripts/build-probe.sh into a
 /// per-user temporary directory (so an unprivileged test user can build it too).
@@ -54,7 +52,7 @@ pub fn rootfs() -> Option<PathBuf> {
         other => {
             let why = format!("NSRUN_TEST_ROOTFS not set or not a busybox rootfs ({other:?})");
             assert!(!in_ci(), "{why}");
-            eprintln!("skipped: {why}");
+            crate::support::skipped(&why);
             None
         }
     }

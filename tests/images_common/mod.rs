@@ -583,9 +583,5 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
     out
 }
 
-/// True in CI, where a missing fixture is a failure, not a skip.
-pub fn in_ci() -> bool {
-    std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
-}
+#[allow(unused_imports)] // not every test crate that includes this module asks
+pub use crate::support::in_ci;

@@ -38,104 +38,27 @@
 //! is not a cgroup filesystem is driven the way the kernel would drive it (a `mkdir` fills in
 //! `cgroup.controllers`, `rmdir` removes the files).
 
+mod fs;
+mod limits;
+mod rlimit;
+mod sweep;
 mod v1;
 mod v2;
+
+use fs::*;
+pub use limits::Limits;
+use limits::CPU_PERIOD_US;
+pub use rlimit::apply_rlimits;
+use rlimit::rlimit_fallback;
+use sweep::*;
+pub(crate) use sweep::{owner_gone, owner_of_this_process};
+pub use sweep::{sweep, sweep_at};
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
-
-/// Resource limits, with Docker's flag semantics.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Limits {
-    /// `--memory`, bytes.
-    pub memory: Option<u64>,
-    /// `--memory-swap`, bytes of memory+swap; -1 for unlimited swap. Unset with `--memory`: as
-    /// much swap as memory, as Docker does.
-    pub memory_swap: Option<i64>,
-    /// `--cpus`, number of CPUs (fractional).
-    pub cpus: Option<f64>,
-    /// `--cpu-shares`, relative weight (Docker's 2..262144, default 1024).
-    pub cpu_shares: Option<u64>,
-    /// `--pids-limit`.
-    pub pids: Option<u64>,
-}
-
-impl Limits {
-    /// Whether no limit is set.
-    pub fn is_empty(&self) -> bool {
-        *self == Limits::default()
-    }
-
-    fn needs_memory(&self) -> bool {
-        self.memory.is_some() || self.memory_swap.is_some()
-    }
-
-    fn needs_cpu(&self) -> bool {
-        self.cpus.is_some() || self.cpu_shares.is_some()
-    }
-
-    /// The swap limit in bytes (`None`: unlimited), from Docker's memory+swap total.
-    fn swap(&self) -> Result<Option<u64>, CgroupError> {
-        match (self.memory, self.memory_swap) {
-            (_, Some(-1)) => Ok(None),
-            (Some(m), None) => Ok(Some(m)),
-            (None, None) => Ok(None),
-            (m, Some(total)) if total >= 0 => {
-                let m = m.ok_or_else(|| {
-                    CgroupError::InvalidLimit(
-                        "--memory-swap needs --memory (it is memory plus swap)".into(),
-                    )
-                })?;
-                (total as u64).checked_sub(m).map(Some).ok_or_else(|| {
-                    CgroupError::InvalidLimit(format!(
-                        "--memory-swap {total} is smaller than --memory {m} (it is memory plus swap)"
-                    ))
-                })
-            }
-            (_, Some(v)) => Err(CgroupError::InvalidLimit(format!(
-                "--memory-swap {v}: expected -1 or a size"
-            ))),
-        }
-    }
-
-    fn validate(&self) -> Result<(), CgroupError> {
-        if self.memory == Some(0) {
-            return Err(CgroupError::InvalidLimit(
-                "--memory 0: expected a positive size".into(),
-            ));
-        }
-        if let Some(c) = self.cpus {
-            if !(c.is_finite() && c > 0.0) {
-                return Err(CgroupError::InvalidLimit(format!(
-                    "--cpus {c}: expected a positive number"
-                )));
-            }
-        }
-        if self.pids == Some(0) {
-            return Err(CgroupError::InvalidLimit(
-                "--pids-limit 0: expected at least 1".into(),
-            ));
-        }
-        self.swap().map(|_| ())
-    }
-
-    /// `cpu.cfs_quota_us`/`cpu.max` quota for a 100 ms period (at least the kernel's 1 ms).
-    fn cpu_quota_us(&self) -> Option<u64> {
-        self.cpus
-            .map(|c| ((c * CPU_PERIOD_US as f64).round() as u64).max(1000))
-    }
-
-    /// Docker's shares clamped to 2..=262144, as the kernel does.
-    fn shares(&self) -> Option<u64> {
-        self.cpu_shares.map(|s| s.clamp(2, 262_144))
-    }
-}
-
-const CPU_PERIOD_US: u64 = 100_000;
 
 /// Why the run's cgroup could not be set up, used or removed.
 #[derive(Debug, Error)]
@@ -264,7 +187,15 @@ pub struct RunCgroup {
 /// of this process, so that [`sweep`] can tell when its owner is gone); it must be unique among
 /// this process's live runs.
 pub fn setup(limits: &Limits, run_id: &str) -> Result<Enforcement, CgroupError> {
-    Ok(setup_explained(limits, run_id)?.0)
+    let (enforcement, why) = setup_explained(limits, run_id)?;
+    match (&enforcement, why) {
+        (Enforcement::Cgroup(cg), _) => {
+            tracing::debug!(run_id, dirs = ?cg.paths().collect::<Vec<_>>(), "run cgroup created")
+        }
+        (_, Some(reason)) => tracing::debug!(run_id, %reason, "limits fall back to rlimits"),
+        _ => {}
+    }
+    Ok(enforcement)
 }
 
 /// [`setup`], plus why no cgroup could be created when it falls back to rlimits (e.g.
@@ -329,219 +260,6 @@ fn run_dir_name(run_id: &str) -> Result<String, CgroupError> {
     Ok(format!("{pid}-{start}-{run_id}"))
 }
 
-/// This process as an owner of run resources: its pid and start time (see [`owner_gone`]).
-pub(crate) fn owner_of_this_process() -> Result<(u32, u64), CgroupError> {
-    let pid = std::process::id();
-    Ok((pid, start_time(pid)?))
-}
-
-/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot. With the
-/// pid, it names one process for the life of the system, even after the pid is reused.
-fn start_time(pid: u32) -> Result<u64, CgroupError> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| {
-        CgroupError::StartTime {
-            pid,
-            why: e.to_string(),
-        }
-    })?;
-    parse_start_time(&text).ok_or_else(|| CgroupError::StartTime {
-        pid,
-        why: format!("unexpected contents {text:?}"),
-    })
-}
-
-fn parse_start_time(stat: &str) -> Option<u64> {
-    // The command name (field 2) is in parentheses and may hold spaces and ')': fields 3.. follow
-    // the last ')'.
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
-}
-
-/// Field 3 of `/proc/<pid>/stat`: the process state (`R`, `S`, … `Z` for a zombie).
-fn parse_state(stat: &str) -> Option<char> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().next()?.chars().next()
-}
-
-/// The owner of a run cgroup, from its directory name; `None` for names not of this form (a
-/// directory nsrun did not create, or one from before owners were recorded: left alone).
-fn parse_owner(name: &str) -> Option<(u32, u64)> {
-    let mut parts = name.splitn(3, '-');
-    let (pid, start, run_id) = (parts.next()?, parts.next()?, parts.next()?);
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(pid) || !digits(start) || run_id.is_empty() {
-        return None;
-    }
-    let pid: u32 = pid.parse().ok()?;
-    (pid > 0 && pid <= i32::MAX as u32).then_some((pid, start.parse().ok()?))
-}
-
-/// Whether the process that created a run cgroup is gone: no process has its pid, the one that
-/// has it started at another time (the pid was reused), or it is a zombie. When in doubt (its
-/// stat unreadable, say under `hidepid`), it is taken as alive.
-pub(crate) fn owner_gone(pid: u32, start: u64) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks that the pid exists; nothing is sent.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-        return true;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // A zombie (its parent killed too, and not reaped yet) has left its cgroups for good.
-        Ok(text) => {
-            parse_state(&text).is_some_and(|st| st == 'Z' || st == 'X')
-                || parse_start_time(&text).is_some_and(|s| s != start)
-        }
-        Err(_) => false,
-    }
-}
-
-/// Removes the run cgroups whose owner is gone from our own `nsrun/` levels, on this host; returns
-/// the directories removed. See [`sweep_at`].
-pub fn sweep() -> Result<Vec<PathBuf>, CgroupError> {
-    let text = std::fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| CgroupError::ProcSelf(e.to_string()))?;
-    sweep_at(Path::new("/sys/fs/cgroup"), &text)
-}
-
-/// [`sweep`] against the cgroupfs mounted at `fs_root`, for a process whose `/proc/self/cgroup`
-/// reads `proc_self_cgroup`.
-///
-/// Looks only at the `nsrun/` level below the cgroup we run in — in the unified hierarchy and in
-/// the v1 memory, cpu and pids hierarchies, where [`setup`] creates them — and there only at
-/// directories named `<pid>-<start time>-<run id>`. One whose owner is gone has whatever is still
-/// inside killed (normally nothing: the sandbox's processes die with its pid 1), then is removed
-/// with any cgroups below it. The `nsrun/` level itself stays, as a concurrent [`setup`] may be
-/// creating a cgroup in it. A level this process may not write to is skipped without error (an
-/// unprivileged user sweeping a host where only root's runs have cgroups). Every stale cgroup
-/// is tried; the first failure, if any, is returned after.
-pub fn sweep_at(fs_root: &Path, proc_self_cgroup: &str) -> Result<Vec<PathBuf>, CgroupError> {
-    let entries = parse_proc_self_cgroup(proc_self_cgroup)?;
-    // Our own cgroup only: a path that climbs out of a cgroup namespace ("/../x") is not ours.
-    let entries: Vec<Entry> = entries
-        .into_iter()
-        .filter(|e| {
-            !Path::new(&e.path)
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
-        })
-        .collect();
-    let mut levels: Vec<(PathBuf, Kind, bool)> = Vec::new();
-    if let Some((base, emulated)) = v2::nsrun_level(fs_root, &entries) {
-        levels.push((base, Kind::V2, emulated));
-    }
-    for (base, emulated) in v1::nsrun_levels(fs_root, &entries) {
-        if !levels.iter().any(|(b, _, _)| *b == base) {
-            levels.push((base, Kind::V1, emulated));
-        }
-    }
-    let mut removed = Vec::new();
-    let mut first_err = None;
-    for (base, kind, emulated) in levels {
-        // rmdir needs write access to the nsrun level; without it nothing here is ours to sweep.
-        if nix::unistd::access(
-            &base,
-            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-        )
-        .is_err()
-        {
-            continue;
-        }
-        let dir = match std::fs::read_dir(&base) {
-            Ok(d) => d,
-            Err(e) if is_denied(&e) => continue,
-            Err(source) => {
-                first_err.get_or_insert(CgroupError::Read { path: base, source });
-                continue;
-            }
-        };
-        for entry in dir.flatten() {
-            // Not followed: a symlink here is no cgroup of ours.
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let name = entry.file_name();
-            let Some((pid, start)) = name.to_str().and_then(parse_owner) else {
-                continue;
-            };
-            if !owner_gone(pid, start) {
-                continue;
-            }
-            let path = entry.path();
-            match remove_stale(&path, &kind, emulated) {
-                Ok(()) => removed.push(path),
-                Err(CgroupError::Remove { source, .. }) if is_denied(&source) => {}
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-    }
-    first_err.map_or(Ok(removed), Err)
-}
-
-/// Kills what is left in a stale run cgroup and removes it, cgroups below it first (a tool may
-/// have made some when its cgroup was delegated to it).
-fn remove_stale(dir: &Path, kind: &Kind, emulated: bool) -> Result<(), CgroupError> {
-    if !emulated {
-        let subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| CgroupError::Read {
-                path: dir.into(),
-                source,
-            })?
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect();
-        for sub in subdirs {
-            remove_stale(&sub, kind, emulated)?;
-        }
-    }
-    let cg = RunCgroup {
-        kind: kind.clone(),
-        dirs: vec![(String::new(), dir.to_path_buf())],
-        emulated,
-        unenforced: Vec::new(),
-        removed: true,
-    };
-    cg.kill_all();
-    remove_dir(dir, emulated)
-}
-
-fn rlimit_fallback(limits: &Limits) -> Enforcement {
-    let mut rlimits = Vec::new();
-    let mut unenforced = Vec::new();
-    if let Some(p) = limits.pids {
-        rlimits.push(Rlimit {
-            resource: libc::RLIMIT_NPROC,
-            limit: p,
-        });
-    }
-    if let Some(m) = limits.memory {
-        rlimits.push(Rlimit {
-            resource: libc::RLIMIT_DATA,
-            limit: m,
-        });
-        unenforced.push(
-            "--memory for the run as a whole (each process's private memory is capped by \
-             RLIMIT_DATA; shared memory — MAP_SHARED, memfd, shm, tmpfs — is not counted)"
-                .into(),
-        );
-    }
-    if limits.memory_swap.is_some() {
-        unenforced.push("--memory-swap".into());
-    }
-    if limits.cpus.is_some() {
-        unenforced.push("--cpus".into());
-    }
-    if limits.cpu_shares.is_some() {
-        unenforced.push("--cpu-shares".into());
-    }
-    Enforcement::Rlimits {
-        rlimits,
-        unenforced,
-    }
-}
-
 /// One line of `/proc/self/cgroup`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
@@ -571,104 +289,6 @@ fn parse_proc_self_cgroup(text: &str) -> Result<Vec<Entry>, CgroupError> {
     Ok(out)
 }
 
-/// Whether a failed mkdir/write means "no cgroup for us here" rather than a real error.
-fn is_denied(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EACCES)
-            | Some(libc::EPERM)
-            | Some(libc::EROFS)
-            | Some(libc::ENOENT)
-            | Some(libc::ENOTDIR)
-    )
-}
-
-/// Whether `dir` is on a real cgroup filesystem (else: a fake tree the kernel does not drive).
-fn is_cgroupfs(dir: &Path) -> bool {
-    nix::sys::statfs::statfs(dir)
-        .map(|s| {
-            let t = s.filesystem_type();
-            t == nix::sys::statfs::CGROUP2_SUPER_MAGIC || t == nix::sys::statfs::CGROUP_SUPER_MAGIC
-        })
-        .unwrap_or(false)
-}
-
-fn read(path: &Path) -> Result<String, CgroupError> {
-    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
-        path: path.into(),
-        source,
-    })
-}
-
-/// Writes one value to a control file. On a fake tree the file is created, as the kernel would
-/// have; on cgroupfs it must exist (a missing file means a missing controller).
-fn write(path: &Path, value: &str, emulated: bool) -> Result<(), CgroupError> {
-    use std::io::Write;
-    let res = std::fs::OpenOptions::new()
-        .write(true)
-        .create(emulated)
-        .truncate(emulated)
-        .open(path)
-        .and_then(|mut f| f.write_all(value.as_bytes()));
-    res.map_err(|source| CgroupError::Write {
-        path: path.into(),
-        value: value.into(),
-        source,
-    })
-}
-
-/// Creates `dir` (a new cgroup); `Ok(false)` if it already existed. On a fake tree, fills it in
-/// with `init` the way the kernel would have.
-fn mkdir(
-    dir: &Path,
-    emulated: bool,
-    init: impl Fn(&Path) -> std::io::Result<()>,
-) -> std::io::Result<bool> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => {
-            if emulated {
-                init(dir)?;
-            }
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// `rmdir`, retried while the kernel still counts exiting tasks (EBUSY). On a fake tree the
-/// control files go with it.
-fn remove_dir(dir: &Path, emulated: bool) -> Result<(), CgroupError> {
-    for attempt in 0..50 {
-        let res = if emulated {
-            std::fs::remove_dir_all(dir)
-        } else {
-            std::fs::remove_dir(dir)
-        };
-        match res {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 49 => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(source) => {
-                return Err(CgroupError::Remove {
-                    path: dir.into(),
-                    source,
-                })
-            }
-        }
-    }
-    unreachable!("the last attempt returns")
-}
-
-fn read_pids(procs: &Path) -> Result<Vec<i32>, CgroupError> {
-    Ok(read(procs)?
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect())
-}
-
 impl RunCgroup {
     /// Moves `pid` (with all its threads) into the run's cgroup; call before the child execs.
     pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
@@ -691,14 +311,15 @@ impl RunCgroup {
         self.dirs.iter().map(|(_, d)| d.as_path())
     }
 
-    /// The v2 directory, for `clone3(CLONE_INTO_CGROUP)` (open it with `O_PATH|O_DIRECTORY`).
+    /// The v2 directory (`None` for v1).
     pub fn v2_dir(&self) -> Option<&Path> {
         (self.kind == Kind::V2).then(|| self.dirs[0].1.as_path())
     }
 
-    /// An `O_PATH|O_DIRECTORY` descriptor of the v2 directory, the `cgroup` argument of
-    /// `clone3(CLONE_INTO_CGROUP)`: the child then starts inside its cgroup, and the kernel takes
-    /// the cgroup lock only for reading (no RCU grace period, unlike a `cgroup.procs` write).
+    /// An `O_PATH|O_DIRECTORY` descriptor of the v2 directory, the form the `cgroup` argument of
+    /// `clone3(CLONE_INTO_CGROUP)` takes. nsrun does not call clone3 today (Docker's default
+    /// seccomp profile answers it with ENOSYS, so `spawn` clones with `clone` and the parent writes
+    /// the pid into `cgroup.procs`, see [`RunCgroup::add_pid`]); this is for a caller that does.
     /// `None` for v1.
     pub fn v2_dir_fd(&self) -> Option<Result<std::os::fd::OwnedFd, CgroupError>> {
         let dir = self.v2_dir()?;
@@ -787,23 +408,6 @@ impl Drop for RunCgroup {
             }
         }
     }
-}
-
-/// Child side: applies rlimits (soft = hard = limit). Allocation-free; returns the errno.
-pub fn apply_rlimits(rlimits: &[Rlimit]) -> Result<(), i32> {
-    for r in rlimits {
-        let lim = libc::rlimit {
-            rlim_cur: r.limit as libc::rlim_t,
-            rlim_max: r.limit as libc::rlim_t,
-        };
-        // SAFETY: lim is a live, initialised rlimit struct; setrlimit only reads it.
-        if unsafe { libc::setrlimit(r.resource, &lim) } != 0 {
-            return Err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -352,7 +352,7 @@ pub fn start(backend: Backend, program: &Path, a: &Attach) -> Result<Starting, N
         Backend::Pasta => {
             cmd.args(["-f", "-q", "--config-net", "-T", "none", "-U", "none"]);
             // SAFETY: geteuid cannot fail.
-            if unsafe { libc::geteuid() } == 0 {
+            if nix::unistd::geteuid().is_root() {
                 // pasta would switch to "nobody", who cannot open the namespace descriptors;
                 // it confines itself (namespaces, seccomp, no capabilities) once attached.
                 cmd.args(["--runas", "0"]);
@@ -400,7 +400,7 @@ pub fn start(backend: Backend, program: &Path, a: &Attach) -> Result<Starting, N
             if !a.map_host_loopback {
                 cmd.arg("--disable-host-loopback");
             }
-            if unsafe { libc::geteuid() } == 0 {
+            if nix::unistd::geteuid().is_root() {
                 cmd.arg("--enable-sandbox");
             }
             cmd.arg(format!("--ready-fd={w}"));

@@ -550,7 +550,7 @@ pub fn helper_main() -> i32 {
 mod tests {
     use super::*;
 
-    const SCHEMA: &str = include_str!("../docs/helper-protocol.schema.json");
+    const SCHEMA: &str = include_str!("../../docs/helper-protocol.schema.json");
 
     fn schema() -> serde_json::Value {
         serde_json::from_str(SCHEMA).unwrap()
