@@ -1505,3 +1505,47 @@ fn an_upload_in_flight_at_sigterm_gets_503() {
     assert!(audited(&s).is_empty(), "a run started during shutdown");
     assert!(!s.dir().join("state").exists());
 }
+
+// ---- adversarial review ------------------------------------------------------------------
+
+/// A client that sends its headers a byte at a time (no token needed for that) is cut off
+/// after --header-timeout, so it cannot hold the server's connections and descriptors; a
+/// client that sent its request and waits for a slow answer is not.
+#[test]
+fn slow_headers_are_cut_off() {
+    use std::io::{Read, Write};
+    let s = Server::start("tcp", &["--header-timeout", "1"], |t| {
+        token_new(t, "acme", &["--allow-image", "*"]);
+    });
+    let Addr::Tcp(a) = &s.addr else {
+        unreachable!()
+    };
+    let mut c = std::net::TcpStream::connect(a).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    // The server closes the connection (maybe with a 408 first) well before 20 s.
+    let mut got = Vec::new();
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "the server kept a connection without headers open for {:?}: {e}",
+                t0.elapsed()
+            ),
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    // A whole request on a connection that then stays quiet is answered, and the server
+    // still serves.
+    let mut c = std::net::TcpStream::connect(a).unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("ok"), "{text}");
+}
