@@ -1549,3 +1549,59 @@ fn slow_headers_are_cut_off() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("ok"), "{text}");
 }
+
+/// More than 1024 inputs (JSON or multipart) is a 400: a 4 GiB upload of tiny parts would
+/// otherwise be millions of files on the server's disk (and a quadratic check of their names).
+#[test]
+fn too_many_inputs_are_refused() {
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let s = Server::start("tcp", &[], |t| {
+        tok = token_new(t, "acme", &["--allow-image", &image_pattern()]);
+    });
+    let a = &s.addr;
+    rt().block_on(async {
+        let mut req = sh_run("true");
+        req["inputs"] = (0..1025).map(|i| (format!("f{i}"), json!("x"))).collect();
+        let (st, v) = call(a, "POST", "/v1/runs", Some(&tok), Some(req)).await;
+        assert_eq!(st, 400, "{v}");
+        assert_eq!(v["error"]["message"], "inputs: more than 1024");
+
+        let boundary = "nsrunB";
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"request\"\r\n\r\n{}\r\n",
+            sh_run("true")
+        );
+        for i in 0..1025 {
+            body += &format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"input\"; filename=\"f{i}\"\r\n\r\nx\r\n"
+            );
+        }
+        body += &format!("--{boundary}--\r\n");
+        let resp = send(
+            a,
+            request("POST", "/v1/runs", Some(&tok))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(full(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let st = resp.status().as_u16();
+        let v: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(st, 400, "{v}");
+        assert_eq!(v["error"]["message"], "inputs: more than 1024");
+    });
+    let left: Vec<_> = std::fs::read_dir(s.dir().join("state"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the state directory: {left:?}");
+}

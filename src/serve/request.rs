@@ -15,6 +15,15 @@ use crate::runner::{OutputLimits, RunSpec};
 use crate::sandbox::cgroup::Limits;
 use crate::sandbox::Network;
 
+/// Inputs of one run at most (JSON and multipart together): each is a file on the server's
+/// disk and in the run's scratch, so a 4 GiB upload of tiny parts must not become millions.
+pub const MAX_INPUTS: usize = 1024;
+
+/// The 400 of a request with more than [`MAX_INPUTS`] inputs.
+pub fn too_many_inputs() -> ApiError {
+    ApiError::bad_request(format!("inputs: more than {MAX_INPUTS}"))
+}
+
 /// `"text"` or `{"base64": "…"}`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -212,6 +221,9 @@ pub fn check(
         let b = decode("stdin", s)?;
         input_bytes += b.len() as u64;
         spec = spec.stdin(b);
+    }
+    if req.inputs.len() > MAX_INPUTS {
+        return Err(too_many_inputs());
     }
     for (name, d) in req.inputs {
         crate::runner::scratch::check_name("input", &name)

@@ -71,6 +71,8 @@ pub async fn receive(
         .map_err(|e| ApiError::internal(format!("create {}: {e}", uploads.display())))?;
     let mut n = 0usize;
     let mut total = 0u64;
+    let mut names: std::collections::HashSet<String> =
+        prep.spec.inputs.iter().map(|i| i.name.clone()).collect();
     while let Some(mut field) = mp.next_field().await.map_err(multipart_error)? {
         let part = field.name().unwrap_or("").to_string();
         let name = match part.as_str() {
@@ -82,10 +84,13 @@ pub async fn receive(
                 })?;
                 crate::runner::scratch::check_name("input", &name)
                     .map_err(|e| ApiError::bad_request(format!("inputs: {e}")))?;
-                if prep.spec.inputs.iter().any(|i| i.name == name) {
+                if !names.insert(name.clone()) {
                     return Err(ApiError::bad_request(format!(
                         "inputs: {name:?} is given twice"
                     )));
+                }
+                if names.len() > super::request::MAX_INPUTS {
+                    return Err(super::request::too_many_inputs());
                 }
                 Some(name)
             }
