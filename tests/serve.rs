@@ -1605,3 +1605,44 @@ fn too_many_inputs_are_refused() {
         .collect();
     assert!(left.is_empty(), "left in the state directory: {left:?}");
 }
+
+/// A failure on the server's own files is a one-line 500 that says what failed but not where:
+/// the state directory's path goes to the server's log only.
+#[test]
+fn internal_errors_do_not_show_server_paths() {
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let s = Server::start("tcp", &[], |t| {
+        tok = token_new(t, "acme", &["--allow-image", &image_pattern()]);
+    });
+    let state = s.dir().join("state");
+    let moved = s.dir().join("state.away");
+    std::fs::rename(&state, &moved).unwrap();
+    let (st, v) = rt().block_on(call(
+        &s.addr,
+        "POST",
+        "/v1/runs",
+        Some(&tok),
+        Some(sh_run("true")),
+    ));
+    std::fs::rename(&moved, &state).unwrap();
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (500, Some("internal")),
+        "{v}"
+    );
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("cannot create the run's directory: ") && !msg.contains('\n'),
+        "{msg}"
+    );
+    let dir = s.dir().to_str().unwrap();
+    assert!(!v.to_string().contains(dir), "{v}");
+    assert!(
+        s.stderr().contains(&format!("{dir}/state/r-")),
+        "{}",
+        s.stderr()
+    );
+}

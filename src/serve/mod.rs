@@ -190,7 +190,7 @@ impl Prepared {
         })
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(format!("create {}: {e}", dir.display())))?;
+        .map_err(|e| ApiError::files("cannot create the run's directory", dir, e))?;
         Metrics::add(&srv.metrics.input_bytes, checked.input_bytes);
         Ok(prep)
     }

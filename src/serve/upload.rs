@@ -68,7 +68,7 @@ pub async fn receive(
     let uploads = dir.join("uploads");
     tokio::fs::create_dir(&uploads)
         .await
-        .map_err(|e| ApiError::internal(format!("create {}: {e}", uploads.display())))?;
+        .map_err(|e| ApiError::files("cannot create the upload directory", &uploads, e))?;
     let mut n = 0usize;
     let mut total = 0u64;
     let mut names: std::collections::HashSet<String> =
@@ -110,16 +110,16 @@ pub async fn receive(
         n += 1;
         let mut f = tokio::fs::File::create(&path)
             .await
-            .map_err(|e| ApiError::internal(format!("create {}: {e}", path.display())))?;
+            .map_err(|e| ApiError::files("cannot create an upload's file", &path, e))?;
         while let Some(c) = field.chunk().await.map_err(multipart_error)? {
             total += c.len() as u64;
             f.write_all(&c)
                 .await
-                .map_err(|e| ApiError::internal(format!("write {}: {e}", path.display())))?;
+                .map_err(|e| ApiError::files("cannot write an upload's file", &path, e))?;
         }
         f.flush()
             .await
-            .map_err(|e| ApiError::internal(format!("write {}: {e}", path.display())))?;
+            .map_err(|e| ApiError::files("cannot write an upload's file", &path, e))?;
         match name {
             Some(name) => prep.spec.inputs.push(Input {
                 name,
