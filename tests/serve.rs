@@ -1646,3 +1646,34 @@ fn internal_errors_do_not_show_server_paths() {
         s.stderr()
     );
 }
+
+/// A tool writing a byte at a time cannot make a run's event log hold many times its output
+/// cap in memory: each stdout/stderr event counts 64 bytes more than its data against the cap.
+/// The result still has the whole capture.
+#[test]
+fn tiny_writes_do_not_blow_up_the_event_log() {
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let s = Server::start("tcp", &[], |t| {
+        tok = token_new(t, "acme", &["--allow-image", &image_pattern()]);
+    });
+    let a = &s.addr;
+    rt().block_on(async {
+        let mut req = sh_run("i=0; while [ $i -lt 20000 ]; do printf x; i=$((i+1)); done");
+        req["limits"] = json!({"output": 32768});
+        let (st, v) = call(a, "POST", "/v1/runs?wait=true", Some(&tok), Some(req)).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["result"]["stdout"].as_str().unwrap().len(), 20000, "{v}");
+        let ev = events(a, &tok, &run_id(&v), None).await;
+        let out: Vec<_> = ev.iter().filter(|e| e.kind == "stdout").collect();
+        let bytes: usize = out.iter().map(|e| b64(&e.data).len()).sum();
+        assert!(
+            bytes + 64 * out.len() <= 32768,
+            "{} stdout events carrying {bytes} bytes",
+            out.len()
+        );
+        assert_eq!(ev.last().unwrap().kind, "exited");
+    });
+}

@@ -47,6 +47,10 @@ impl RunState {
     }
 }
 
+/// What a stdout or stderr event counts against the run's output cap beyond its data: about
+/// what it costs in memory (the event, its JSON, their allocations).
+pub const EVENT_COST: u64 = 64;
+
 /// One event of a run's log; its id is its index + 1.
 #[derive(Debug, Clone)]
 pub struct LoggedEvent {
@@ -153,12 +157,17 @@ impl Run {
                     Event::Stderr(b) => (1, "stderr", b),
                     _ => unreachable!(),
                 };
-                let room = self.output_cap.saturating_sub(inner.logged[i]) as usize;
+                // Each event costs its data and about EVENT_COST bytes more in memory: a
+                // tool writing a byte at a time must not make the log many times its cap.
+                let room = self
+                    .output_cap
+                    .saturating_sub(inner.logged[i])
+                    .saturating_sub(EVENT_COST) as usize;
                 if room == 0 {
                     return false;
                 }
                 let part = &b[..b.len().min(room)];
-                inner.logged[i] += part.len() as u64;
+                inner.logged[i] += part.len() as u64 + EVENT_COST;
                 let data = base64::engine::general_purpose::STANDARD.encode(part);
                 self.log(&mut inner, kind, json!({ "data": data }));
                 false
