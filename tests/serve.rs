@@ -1677,3 +1677,71 @@ fn tiny_writes_do_not_blow_up_the_event_log() {
         assert_eq!(ev.last().unwrap().kind, "exited");
     });
 }
+
+/// A late SSE client of a run with a long log gets it replayed in bounded chunks, each copied
+/// only when the one before was taken: many streams of one run cannot each hold a copy of its
+/// whole log at once. (Chunk sizes are read off the wire's chunked encoding.)
+#[test]
+fn replays_go_out_in_bounded_chunks() {
+    use std::io::{Read, Write};
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let s = Server::start("tcp", &[], |t| {
+        tok = token_new(t, "acme", &["--allow-image", &image_pattern()]);
+    });
+    let Addr::Tcp(a) = &s.addr else {
+        unreachable!()
+    };
+    let (st, v) = rt().block_on(call(
+        &s.addr,
+        "POST",
+        "/v1/runs?wait=true",
+        Some(&tok),
+        Some(sh_run("head -c 3000000 /dev/zero")),
+    ));
+    assert_eq!(st, 200, "{v}");
+    let id = run_id(&v);
+    let mut c = std::net::TcpStream::connect(a).unwrap();
+    write!(
+        c,
+        "GET /v1/runs/{id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let mut rest = &raw[head_end..];
+    let mut chunks = Vec::new();
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        chunks.push(String::from_utf8_lossy(&rest[eol + 2..eol + 2 + size]).into_owned());
+        rest = &rest[eol + 2 + size + 2..];
+    }
+    let text = chunks.concat();
+    let ev = parse_sse(&text);
+    let out: usize = ev
+        .iter()
+        .filter(|e| e.kind == "stdout")
+        .map(|e| b64(&e.data).len())
+        .sum();
+    assert_eq!(out, 3_000_000);
+    assert_eq!(ev.last().unwrap().kind, "exited");
+    // The chunks of output events stay near 256 KiB (the `exited` event, which holds the
+    // result, goes out whole).
+    for c in &chunks {
+        let before_exited = c.split("event: exited").next().unwrap();
+        assert!(
+            before_exited.len() < 512 << 10,
+            "a chunk of {} bytes of output events",
+            before_exited.len()
+        );
+    }
+}

@@ -55,7 +55,7 @@ pub const EVENT_COST: u64 = 64;
 #[derive(Debug, Clone)]
 pub struct LoggedEvent {
     pub kind: &'static str,
-    pub data: String,
+    pub data: Arc<str>,
 }
 
 /// One run, as the API shows it.
@@ -118,7 +118,7 @@ impl Run {
     fn log(&self, inner: &mut RunInner, kind: &'static str, data: Value) {
         inner.events.push(LoggedEvent {
             kind,
-            data: data.to_string(),
+            data: data.to_string().into(),
         });
         let n = inner.events.len() as u64;
         self.seq.send_replace(n);
@@ -275,11 +275,23 @@ impl Run {
         })
     }
 
-    /// Events after `after` (their ids are `after + 1…`), and whether the log is complete.
-    pub fn events_after(&self, after: u64) -> (Vec<LoggedEvent>, bool) {
+    /// Events after `after` (their ids are `after + 1…`), about `max_bytes` of them at most
+    /// (at least one), and whether they reach the end of a complete log.
+    ///
+    /// The bound matters: each SSE client of a run replays its log, and copying a whole log
+    /// of several output caps at once per client would let a tenant multiply the server's
+    /// memory by opening streams.
+    pub fn events_after(&self, after: u64, max_bytes: usize) -> (Vec<LoggedEvent>, bool) {
         let inner = lock(&self.inner);
         let from = (after as usize).min(inner.events.len());
-        (inner.events[from..].to_vec(), inner.state.ended())
+        let mut bytes = 0;
+        let mut to = from;
+        while to < inner.events.len() && (to == from || bytes < max_bytes) {
+            bytes += inner.events[to].data.len();
+            to += 1;
+        }
+        let complete = inner.state.ended() && to == inner.events.len();
+        (inner.events[from..to].to_vec(), complete)
     }
 
     /// Waits for the log to grow past `n` events (or returns at once if it has).
