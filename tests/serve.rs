@@ -1745,3 +1745,54 @@ fn replays_go_out_in_bounded_chunks() {
         );
     }
 }
+
+/// Labels are capped (64, keys of 1 to 128 bytes, values of at most 4096): they stay in memory
+/// with the run's record and go to the audit log, so 16 MiB of them per run is a 400.
+#[test]
+fn oversized_labels_are_refused() {
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let s = Server::start("tcp", &[], |t| {
+        tok = token_new(t, "acme", &["--allow-image", &image_pattern()]);
+    });
+    rt().block_on(async {
+        let with = |labels: Value| {
+            let mut r = sh_run("true");
+            r["labels"] = labels;
+            r
+        };
+        let many: Value = (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let long = json!({"big": "x".repeat(4097)});
+        let key = json!({"k".repeat(129): "v"});
+        for (labels, want) in [
+            (many, "labels: more than 64"),
+            (long, "labels.big: longer than 4096 bytes"),
+            (key, "labels: a key must have 1 to 128 bytes"),
+        ] {
+            let (st, v) = call(&s.addr, "POST", "/v1/runs", Some(&tok), Some(with(labels))).await;
+            assert_eq!(
+                (st, v["error"]["message"].as_str()),
+                (400, Some(want)),
+                "{v}"
+            );
+        }
+        let ok: Value = (0..64)
+            .map(|i| (format!("k{i}"), json!("v".repeat(4096))))
+            .collect();
+        let (st, v) = call(
+            &s.addr,
+            "POST",
+            "/v1/runs?wait=true",
+            Some(&tok),
+            Some(with(ok)),
+        )
+        .await;
+        assert_eq!(
+            (st, v["labels"]["k63"].as_str().map(str::len)),
+            (200, Some(4096)),
+            "{v}"
+        );
+    });
+}
