@@ -1508,3 +1508,294 @@ fn an_upload_in_flight_at_sigterm_gets_503() {
     assert!(audited(&s).is_empty(), "a run started during shutdown");
     assert!(!s.dir().join("state").exists());
 }
+
+// ---- adversarial review ------------------------------------------------------------------
+
+/// A client that sends its headers a byte at a time (no token needed for that) is cut off
+/// after --header-timeout, so it cannot hold the server's connections and descriptors; a
+/// client that sent its request and waits for a slow answer is not.
+#[test]
+fn slow_headers_are_cut_off() {
+    use std::io::{Read, Write};
+    let s = Server::start("tcp", &["--header-timeout", "1"], |t| {
+        token_new(t, "acme", &["--allow-image", "*"]);
+    });
+    let Addr::Tcp(a) = &s.addr else {
+        unreachable!()
+    };
+    let mut c = std::net::TcpStream::connect(a).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    // The server closes the connection (maybe with a 408 first) well before 20 s.
+    let mut got = Vec::new();
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "the server kept a connection without headers open for {:?}: {e}",
+                t0.elapsed()
+            ),
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    // A whole request on a connection that then stays quiet is answered, and the server
+    // still serves.
+    let mut c = std::net::TcpStream::connect(a).unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("ok"), "{text}");
+}
+
+/// More than 1024 inputs (JSON or multipart) is a 400: a 4 GiB upload of tiny parts would
+/// otherwise be millions of files on the server's disk (and a quadratic check of their names).
+#[test]
+fn too_many_inputs_are_refused() {
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let s = Server::start("tcp", &[], |t| {
+        tok = token_new(t, "acme", &["--allow-image", &image_pattern()]);
+    });
+    let a = &s.addr;
+    rt().block_on(async {
+        let mut req = sh_run("true");
+        req["inputs"] = (0..1025).map(|i| (format!("f{i}"), json!("x"))).collect();
+        let (st, v) = call(a, "POST", "/v1/runs", Some(&tok), Some(req)).await;
+        assert_eq!(st, 400, "{v}");
+        assert_eq!(v["error"]["message"], "inputs: more than 1024");
+
+        let boundary = "nsrunB";
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"request\"\r\n\r\n{}\r\n",
+            sh_run("true")
+        );
+        for i in 0..1025 {
+            body += &format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"input\"; filename=\"f{i}\"\r\n\r\nx\r\n"
+            );
+        }
+        body += &format!("--{boundary}--\r\n");
+        let resp = send(
+            a,
+            request("POST", "/v1/runs", Some(&tok))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(full(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let st = resp.status().as_u16();
+        let v: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(st, 400, "{v}");
+        assert_eq!(v["error"]["message"], "inputs: more than 1024");
+    });
+    let left: Vec<_> = std::fs::read_dir(s.dir().join("state"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the state directory: {left:?}");
+}
+
+/// A failure on the server's own files is a one-line 500 that says what failed but not where:
+/// the state directory's path goes to the server's log only.
+#[test]
+fn internal_errors_do_not_show_server_paths() {
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let s = Server::start("tcp", &[], |t| {
+        tok = token_new(t, "acme", &["--allow-image", &image_pattern()]);
+    });
+    let state = s.dir().join("state");
+    let moved = s.dir().join("state.away");
+    std::fs::rename(&state, &moved).unwrap();
+    let (st, v) = rt().block_on(call(
+        &s.addr,
+        "POST",
+        "/v1/runs",
+        Some(&tok),
+        Some(sh_run("true")),
+    ));
+    std::fs::rename(&moved, &state).unwrap();
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (500, Some("internal")),
+        "{v}"
+    );
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("cannot create the run's directory: ") && !msg.contains('\n'),
+        "{msg}"
+    );
+    let dir = s.dir().to_str().unwrap();
+    assert!(!v.to_string().contains(dir), "{v}");
+    assert!(
+        s.stderr().contains(&format!("{dir}/state/r-")),
+        "{}",
+        s.stderr()
+    );
+}
+
+/// A tool writing a byte at a time cannot make a run's event log hold many times its output
+/// cap in memory: each stdout/stderr event counts 64 bytes more than its data against the cap.
+/// The result still has the whole capture.
+#[test]
+fn tiny_writes_do_not_blow_up_the_event_log() {
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let s = Server::start("tcp", &[], |t| {
+        tok = token_new(t, "acme", &["--allow-image", &image_pattern()]);
+    });
+    let a = &s.addr;
+    rt().block_on(async {
+        let mut req = sh_run("i=0; while [ $i -lt 20000 ]; do printf x; i=$((i+1)); done");
+        req["limits"] = json!({"output": 32768});
+        let (st, v) = call(a, "POST", "/v1/runs?wait=true", Some(&tok), Some(req)).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["result"]["stdout"].as_str().unwrap().len(), 20000, "{v}");
+        let ev = events(a, &tok, &run_id(&v), None).await;
+        let out: Vec<_> = ev.iter().filter(|e| e.kind == "stdout").collect();
+        let bytes: usize = out.iter().map(|e| b64(&e.data).len()).sum();
+        assert!(
+            bytes + 64 * out.len() <= 32768,
+            "{} stdout events carrying {bytes} bytes",
+            out.len()
+        );
+        assert_eq!(ev.last().unwrap().kind, "exited");
+    });
+}
+
+/// A late SSE client of a run with a long log gets it replayed in bounded chunks, each copied
+/// only when the one before was taken: many streams of one run cannot each hold a copy of its
+/// whole log at once. (Chunk sizes are read off the wire's chunked encoding.)
+#[test]
+fn replays_go_out_in_bounded_chunks() {
+    use std::io::{Read, Write};
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let s = Server::start("tcp", &[], |t| {
+        tok = token_new(t, "acme", &["--allow-image", &image_pattern()]);
+    });
+    let Addr::Tcp(a) = &s.addr else {
+        unreachable!()
+    };
+    let (st, v) = rt().block_on(call(
+        &s.addr,
+        "POST",
+        "/v1/runs?wait=true",
+        Some(&tok),
+        Some(sh_run("head -c 3000000 /dev/zero")),
+    ));
+    assert_eq!(st, 200, "{v}");
+    let id = run_id(&v);
+    let mut c = std::net::TcpStream::connect(a).unwrap();
+    write!(
+        c,
+        "GET /v1/runs/{id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let mut rest = &raw[head_end..];
+    let mut chunks = Vec::new();
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        chunks.push(String::from_utf8_lossy(&rest[eol + 2..eol + 2 + size]).into_owned());
+        rest = &rest[eol + 2 + size + 2..];
+    }
+    let text = chunks.concat();
+    let ev = parse_sse(&text);
+    let out: usize = ev
+        .iter()
+        .filter(|e| e.kind == "stdout")
+        .map(|e| b64(&e.data).len())
+        .sum();
+    assert_eq!(out, 3_000_000);
+    assert_eq!(ev.last().unwrap().kind, "exited");
+    // The chunks of output events stay near 256 KiB (the `exited` event, which holds the
+    // result, goes out whole).
+    for c in &chunks {
+        let before_exited = c.split("event: exited").next().unwrap();
+        assert!(
+            before_exited.len() < 512 << 10,
+            "a chunk of {} bytes of output events",
+            before_exited.len()
+        );
+    }
+}
+
+/// Labels are capped (64, keys of 1 to 128 bytes, values of at most 4096): they stay in memory
+/// with the run's record and go to the audit log, so 16 MiB of them per run is a 400.
+#[test]
+fn oversized_labels_are_refused() {
+    if image().is_none() {
+        return;
+    }
+    let mut tok = String::new();
+    let s = Server::start("tcp", &[], |t| {
+        tok = token_new(t, "acme", &["--allow-image", &image_pattern()]);
+    });
+    rt().block_on(async {
+        let with = |labels: Value| {
+            let mut r = sh_run("true");
+            r["labels"] = labels;
+            r
+        };
+        let many: Value = (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let long = json!({"big": "x".repeat(4097)});
+        let key = json!({"k".repeat(129): "v"});
+        for (labels, want) in [
+            (many, "labels: more than 64"),
+            (long, "labels.big: longer than 4096 bytes"),
+            (key, "labels: a key must have 1 to 128 bytes"),
+        ] {
+            let (st, v) = call(&s.addr, "POST", "/v1/runs", Some(&tok), Some(with(labels))).await;
+            assert_eq!(
+                (st, v["error"]["message"].as_str()),
+                (400, Some(want)),
+                "{v}"
+            );
+        }
+        let ok: Value = (0..64)
+            .map(|i| (format!("k{i}"), json!("v".repeat(4096))))
+            .collect();
+        let (st, v) = call(
+            &s.addr,
+            "POST",
+            "/v1/runs?wait=true",
+            Some(&tok),
+            Some(with(ok)),
+        )
+        .await;
+        assert_eq!(
+            (st, v["labels"]["k63"].as_str().map(str::len)),
+            (200, Some(4096)),
+            "{v}"
+        );
+    });
+}

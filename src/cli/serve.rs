@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Seconds an ended run (its result, events and outputs) is kept.
     #[arg(long, value_name = "SECONDS", default_value = "600")]
     pub keep_for: f64,
+    /// Seconds a connection may take to send a request's headers before it is closed (an
+    /// unauthenticated client cannot hold connections open by sending them slowly).
+    #[arg(long, value_name = "SECONDS", default_value = "30")]
+    pub header_timeout: f64,
     /// Ended runs kept at most (the oldest go first).
     #[arg(long, value_name = "N", default_value = "1000")]
     pub keep_runs: usize,
@@ -199,6 +203,12 @@ pub fn main(a: ServeArgs) -> Result<i32, Failure> {
     config.shutdown_timeout = secs("--shutdown-timeout", a.shutdown_timeout)?;
     config.keep_for = secs("--keep-for", a.keep_for)?;
     config.keep_runs = a.keep_runs;
+    config.header_timeout = secs("--header-timeout", a.header_timeout)?;
+    if config.header_timeout.is_zero() {
+        return Err(Failure::usage(
+            "--header-timeout: must be more than 0 seconds",
+        ));
+    }
     let mut b = Runtime::builder()
         .root(root.clone())
         .registry(a.images.registry_options()?)

@@ -53,6 +53,12 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
+    /// A failure on the server's own files: the tenant learns what failed and why, the
+    /// server's log also where (the state directory's path is none of a tenant's business).
+    pub fn files(what: &str, path: &std::path::Path, e: std::io::Error) -> ApiError {
+        eprintln!("nsrun serve: {what} {}: {e}", path.display());
+        ApiError::internal(format!("{what}: {e}"))
+    }
 }
 
 impl IntoResponse for ApiError {

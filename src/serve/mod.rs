@@ -70,6 +70,8 @@ pub struct Config {
     pub keep_runs: usize,
     /// Output cap (each stream, each file) when neither the request nor the policy sets one.
     pub default_output: u64,
+    /// How long a connection may take to send a request's headers (then it is closed).
+    pub header_timeout: Duration,
 }
 
 impl Config {
@@ -92,6 +94,7 @@ impl Config {
             keep_for: Duration::from_secs(600),
             keep_runs: 1000,
             default_output: crate::runner::DEFAULT_CAPTURE_LIMIT as u64,
+            header_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -187,7 +190,7 @@ impl Prepared {
         })
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(format!("create {}: {e}", dir.display())))?;
+        .map_err(|e| ApiError::files("cannot create the run's directory", dir, e))?;
         Metrics::add(&srv.metrics.input_bytes, checked.input_bytes);
         Ok(prep)
     }
@@ -313,6 +316,51 @@ async fn bind(config: &Config) -> Result<Bound, ServeError> {
     })
 }
 
+/// Serves `app` on `l` until `stop` is set, then lets every open connection finish the
+/// response it is sending (graceful shutdown) and returns once they have all closed.
+///
+/// Unlike `axum::serve`, a connection must send each request's headers within
+/// `header_timeout`: anyone who can connect (no token needed) could otherwise hold connections,
+/// and the server's file descriptors, open forever by sending headers a byte at a time.
+async fn serve_connections<L: axum::serve::Listener>(
+    mut l: L,
+    app: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    header_timeout: Duration,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    // Every connection task holds a receiver: the sender sees them all gone when closed.
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    loop {
+        let (io, _) = tokio::select! {
+            c = l.accept() => c,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let app = app.clone();
+        let mut stop = stop.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    }
+    drop(l);
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
 /// Runs the server until SIGTERM or SIGINT (then shuts down gracefully: see the API doc).
 /// Prints `nsrun serve: listening on URL` on stderr once it accepts connections.
 pub async fn serve(config: Config, runtime: Runtime) -> Result<(), ServeError> {
@@ -381,12 +429,7 @@ pub async fn serve(config: Config, runtime: Runtime) -> Result<(), ServeError> {
         }
     });
 
-    let shutdown = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let stop_rx_srv = stop_rx.clone();
     let (url, socket) = match &bound {
         Bound::Unix(_, p) => (format!("unix:{}", p.display()), Some(p.clone())),
         Bound::Tcp(l) => (
@@ -405,12 +448,14 @@ pub async fn serve(config: Config, runtime: Runtime) -> Result<(), ServeError> {
         ),
     };
     eprintln!("nsrun serve: listening on {url}");
+    let header_timeout = config.header_timeout;
     let server = async move {
         match bound {
-            Bound::Unix(l, _) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
-            Bound::Tcp(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
-            Bound::Tls(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+            Bound::Unix(l, _) => serve_connections(l, app, stop_rx_srv, header_timeout).await,
+            Bound::Tcp(l) => serve_connections(l, app, stop_rx_srv, header_timeout).await,
+            Bound::Tls(l) => serve_connections(l, app, stop_rx_srv, header_timeout).await,
         }
+        Ok::<(), std::io::Error>(())
     };
     // After the stop signal: runs may go on until the deadline, then they are cancelled —
     // again and again, so that a run whose upload was still arriving at the deadline is too.

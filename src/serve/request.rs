@@ -15,6 +15,43 @@ use crate::runner::{OutputLimits, RunSpec};
 use crate::sandbox::cgroup::Limits;
 use crate::sandbox::Network;
 
+/// Inputs of one run at most (JSON and multipart together): each is a file on the server's
+/// disk and in the run's scratch, so a 4 GiB upload of tiny parts must not become millions.
+pub const MAX_INPUTS: usize = 1024;
+
+/// The 400 of a request with more than [`MAX_INPUTS`] inputs.
+pub fn too_many_inputs() -> ApiError {
+    ApiError::bad_request(format!("inputs: more than {MAX_INPUTS}"))
+}
+
+/// Labels of one run at most, and the longest key and value (bytes). A run's labels stay in
+/// memory as long as its record (`--keep-for`, `--keep-runs`) and go to the audit log: without
+/// a cap a tenant could keep `--keep-runs` × `--max-body` bytes of them.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY: usize = 128;
+pub const MAX_LABEL_VALUE: usize = 4096;
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if labels.len() > MAX_LABELS {
+        return Err(ApiError::bad_request(format!(
+            "labels: more than {MAX_LABELS}"
+        )));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > MAX_LABEL_KEY {
+            return Err(ApiError::bad_request(format!(
+                "labels: a key must have 1 to {MAX_LABEL_KEY} bytes"
+            )));
+        }
+        if v.len() > MAX_LABEL_VALUE {
+            return Err(ApiError::bad_request(format!(
+                "labels.{k}: longer than {MAX_LABEL_VALUE} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `"text"` or `{"base64": "…"}`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -213,6 +250,9 @@ pub fn check(
         input_bytes += b.len() as u64;
         spec = spec.stdin(b);
     }
+    if req.inputs.len() > MAX_INPUTS {
+        return Err(too_many_inputs());
+    }
     for (name, d) in req.inputs {
         crate::runner::scratch::check_name("input", &name)
             .map_err(|e| ApiError::bad_request(format!("inputs: {e}")))?;
@@ -243,6 +283,7 @@ pub fn check(
         total: output_cap.saturating_mul(spec.outputs.len().max(1) as u64),
     });
     spec.output_dir = Some(run_dir.join("outputs"));
+    check_labels(&req.labels)?;
     let mut labels = req.labels;
     labels.insert("tenant".into(), tenant.name.clone());
     labels.insert("run".into(), run_id.to_string());

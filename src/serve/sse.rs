@@ -13,6 +13,10 @@ use super::api::{auth, find, ApiError};
 use super::state::Run;
 use super::Server;
 
+/// About how many bytes of events go out at once (a long log is replayed in several chunks,
+/// each copied only when the client has taken the one before).
+const CHUNK: usize = 256 << 10;
+
 /// How long a stream stays silent at most: then a comment line goes out.
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -55,7 +59,7 @@ fn stream(
             return None;
         }
         loop {
-            let (evs, ended) = run.events_after(cursor);
+            let (evs, ended) = run.events_after(cursor, CHUNK);
             if !evs.is_empty() {
                 let mut chunk = String::new();
                 for (i, e) in evs.iter().enumerate() {

@@ -47,11 +47,15 @@ impl RunState {
     }
 }
 
+/// What a stdout or stderr event counts against the run's output cap beyond its data: about
+/// what it costs in memory (the event, its JSON, their allocations).
+pub const EVENT_COST: u64 = 64;
+
 /// One event of a run's log; its id is its index + 1.
 #[derive(Debug, Clone)]
 pub struct LoggedEvent {
     pub kind: &'static str,
-    pub data: String,
+    pub data: Arc<str>,
 }
 
 /// One run, as the API shows it.
@@ -114,7 +118,7 @@ impl Run {
     fn log(&self, inner: &mut RunInner, kind: &'static str, data: Value) {
         inner.events.push(LoggedEvent {
             kind,
-            data: data.to_string(),
+            data: data.to_string().into(),
         });
         let n = inner.events.len() as u64;
         self.seq.send_replace(n);
@@ -153,12 +157,17 @@ impl Run {
                     Event::Stderr(b) => (1, "stderr", b),
                     _ => unreachable!(),
                 };
-                let room = self.output_cap.saturating_sub(inner.logged[i]) as usize;
+                // Each event costs its data and about EVENT_COST bytes more in memory: a
+                // tool writing a byte at a time must not make the log many times its cap.
+                let room = self
+                    .output_cap
+                    .saturating_sub(inner.logged[i])
+                    .saturating_sub(EVENT_COST) as usize;
                 if room == 0 {
                     return false;
                 }
                 let part = &b[..b.len().min(room)];
-                inner.logged[i] += part.len() as u64;
+                inner.logged[i] += part.len() as u64 + EVENT_COST;
                 let data = base64::engine::general_purpose::STANDARD.encode(part);
                 self.log(&mut inner, kind, json!({ "data": data }));
                 false
@@ -267,11 +276,23 @@ impl Run {
         })
     }
 
-    /// Events after `after` (their ids are `after + 1…`), and whether the log is complete.
-    pub fn events_after(&self, after: u64) -> (Vec<LoggedEvent>, bool) {
+    /// Events after `after` (their ids are `after + 1…`), about `max_bytes` of them at most
+    /// (at least one), and whether they reach the end of a complete log.
+    ///
+    /// The bound matters: each SSE client of a run replays its log, and copying a whole log
+    /// of several output caps at once per client would let a tenant multiply the server's
+    /// memory by opening streams.
+    pub fn events_after(&self, after: u64, max_bytes: usize) -> (Vec<LoggedEvent>, bool) {
         let inner = lock(&self.inner);
         let from = (after as usize).min(inner.events.len());
-        (inner.events[from..].to_vec(), inner.state.ended())
+        let mut bytes = 0;
+        let mut to = from;
+        while to < inner.events.len() && (to == from || bytes < max_bytes) {
+            bytes += inner.events[to].data.len();
+            to += 1;
+        }
+        let complete = inner.state.ended() && to == inner.events.len();
+        (inner.events[from..to].to_vec(), complete)
     }
 
     /// Waits for the log to grow past `n` events (or returns at once if it has).

@@ -148,10 +148,15 @@ impl TokensFile {
         let mut json = serde_json::to_vec_pretty(self).map_err(|e| TokenError(e.to_string()))?;
         json.push(b'\n');
         let write = || -> std::io::Result<()> {
+            // The name is predictable: never write through something already there (a
+            // symlink planted in a shared directory would have us overwrite its target).
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(&json)?;
@@ -311,5 +316,21 @@ mod tests {
         let keys = Keys::new(&TokensFile::load(&p).unwrap());
         assert!(keys.authenticate(&t1).is_none());
         assert_eq!(keys.len(), 1);
+    }
+
+    #[test]
+    fn save_never_writes_through_a_planted_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("tokens.json");
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "keep me").unwrap();
+        let tmp = d
+            .path()
+            .join(format!(".tokens.json.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        TokensFile::default().save(&p).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+        assert!(TokensFile::load(&p).unwrap().tenants.is_empty());
+        assert!(!tmp.exists() && std::fs::symlink_metadata(&tmp).is_err());
     }
 }

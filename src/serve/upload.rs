@@ -68,9 +68,11 @@ pub async fn receive(
     let uploads = dir.join("uploads");
     tokio::fs::create_dir(&uploads)
         .await
-        .map_err(|e| ApiError::internal(format!("create {}: {e}", uploads.display())))?;
+        .map_err(|e| ApiError::files("cannot create the upload directory", &uploads, e))?;
     let mut n = 0usize;
     let mut total = 0u64;
+    let mut names: std::collections::HashSet<String> =
+        prep.spec.inputs.iter().map(|i| i.name.clone()).collect();
     while let Some(mut field) = mp.next_field().await.map_err(multipart_error)? {
         let part = field.name().unwrap_or("").to_string();
         let name = match part.as_str() {
@@ -82,10 +84,13 @@ pub async fn receive(
                 })?;
                 crate::runner::scratch::check_name("input", &name)
                     .map_err(|e| ApiError::bad_request(format!("inputs: {e}")))?;
-                if prep.spec.inputs.iter().any(|i| i.name == name) {
+                if !names.insert(name.clone()) {
                     return Err(ApiError::bad_request(format!(
                         "inputs: {name:?} is given twice"
                     )));
+                }
+                if names.len() > super::request::MAX_INPUTS {
+                    return Err(super::request::too_many_inputs());
                 }
                 Some(name)
             }
@@ -105,16 +110,16 @@ pub async fn receive(
         n += 1;
         let mut f = tokio::fs::File::create(&path)
             .await
-            .map_err(|e| ApiError::internal(format!("create {}: {e}", path.display())))?;
+            .map_err(|e| ApiError::files("cannot create an upload's file", &path, e))?;
         while let Some(c) = field.chunk().await.map_err(multipart_error)? {
             total += c.len() as u64;
             f.write_all(&c)
                 .await
-                .map_err(|e| ApiError::internal(format!("write {}: {e}", path.display())))?;
+                .map_err(|e| ApiError::files("cannot write an upload's file", &path, e))?;
         }
         f.flush()
             .await
-            .map_err(|e| ApiError::internal(format!("write {}: {e}", path.display())))?;
+            .map_err(|e| ApiError::files("cannot write an upload's file", &path, e))?;
         match name {
             Some(name) => prep.spec.inputs.push(Input {
                 name,
