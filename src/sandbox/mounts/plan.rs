@@ -96,9 +96,6 @@ pub fn plan(
     ];
     for (i, (a, ra)) in builtins.iter().enumerate() {
         for (b, rb) in &builtins[i + 1..] {
-            let inside = |x: &str, y: &str| {
-                x == y || x.starts_with(&format!("{}/", y.trim_end_matches('/')))
-            };
             if inside(&ra.path, &rb.path)
                 || inside(&rb.path, &ra.path)
                 || ra.path == "/"
@@ -392,6 +389,32 @@ pub(super) fn mnt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builtin_mounts_an_image_puts_in_one_place_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        for dir in ["proc", "sys", "tmp/x", "run"] {
+            std::fs::create_dir_all(d.path().join(dir)).unwrap();
+        }
+        // /dev below /tmp: the /tmp tmpfs would hide the run's devices.
+        std::os::unix::fs::symlink("/tmp/x", d.path().join("dev")).unwrap();
+        let spec = SandboxSpec::new(d.path(), ["/bin/true"]);
+        let err = plan(&spec, "/", false, &[]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                MountError::Overlap {
+                    a: "/dev",
+                    b: "/tmp",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        std::fs::remove_file(d.path().join("dev")).unwrap();
+        std::os::unix::fs::symlink("/tmpfs", d.path().join("dev")).unwrap();
+        assert!(plan(&spec, "/", false, &[]).is_ok());
+    }
 
     #[test]
     fn missing_mountpoints_go_to_an_overlay_skeleton() {

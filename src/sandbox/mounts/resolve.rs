@@ -16,8 +16,6 @@ use super::MountError;
 /// interfaces), `/dev` and `/dev/pts` (the run's devices). Below `/dev` the user's mounts are
 /// fine (`/dev/shm`). `builtins` are where `/proc`, `/sys` and `/dev` resolve to in the rootfs.
 pub(super) fn reserved(target: &str, builtins: [&str; 3]) -> Result<(), MountError> {
-    let inside =
-        |x: &str, y: &str| x == y || x.starts_with(&format!("{}/", y.trim_end_matches('/')));
     let [proc_p, sys_p, dev_p] = builtins;
     let reserved = if inside(target, proc_p) {
         "/proc"
@@ -196,6 +194,20 @@ mod tests {
             resolve(&layers, "/loop"),
             Err(MountError::SymlinkLoop(_))
         ));
+    }
+
+    #[test]
+    fn inside_means_the_path_itself_or_below_it() {
+        assert!(inside("/proc", "/proc"));
+        assert!(inside("/proc/sys", "/proc"));
+        assert!(inside("/proc/sys", "/proc/"));
+        assert!(inside("/x", "/"));
+        assert!(!inside("/procfs", "/proc"));
+        assert!(!inside("/proc", "/proc/sys"));
+        // The one helper now serves the checks on resolved paths as well.
+        assert!(reserved("/srv/proc/x", ["/srv/proc", "/sys", "/dev"]).is_err());
+        assert!(reserved("/srv/procfs", ["/srv/proc", "/sys", "/dev"]).is_ok());
+        assert!(reserved("/dev/pts", ["/proc", "/sys", "/dev/"]).is_err());
     }
 
     #[test]
