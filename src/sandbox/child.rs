@@ -69,10 +69,11 @@ impl Reporter {
 
 /// Entry point of the cloned child: the whole setup order of a sandbox. Never returns.
 ///
-/// The filesystem is the step table [`super::mounts::plan`] built in the parent (base tmpfs and
-/// first pivot, read-only root, /proc, /dev, /sys, /tmp, /run, the caller's tmpfs, generated
-/// /etc files, volumes, masks, final pivot); its order and the reasons for it are documented
-/// there. The parent's half of the handshake is in [`super::spawn::run_observed`].
+/// The filesystem is the step table [`super::mounts::plan()`] built in the parent (base tmpfs
+/// and first pivot, read-only root, /proc, /dev, /sys, /tmp, /run, the caller's tmpfs, generated
+/// /etc files, volumes, masks, final pivot); its order and the reasons for it are documented at
+/// the top of `mounts/plan.rs`. The parent's half of the handshake is in
+/// [`super::spawn::run_observed`].
 pub fn main(plan: &Plan, fds: &ChildFds, rlimits: &[Rlimit]) -> ! {
     let mut to = Reporter {
         fd: fds.report_w,

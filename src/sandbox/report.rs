@@ -14,7 +14,7 @@ use super::sys;
 /// (in a [`Report::Mark`], sent only when start-up tracing is on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// `Plan::steps[i]`, the mount step table of [`super::mounts::plan`].
+    /// `Plan::steps[i]`, the mount step table of [`super::mounts::plan()`].
     Step(usize),
     /// Waiting for the parent to write the id maps (EOF: the parent gave up on us).
     WaitMaps,

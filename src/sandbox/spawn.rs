@@ -351,11 +351,14 @@ pub fn run_observed(
         Some(_) => Some(net::parent::open_namespaces(pid)?),
         None => None,
     };
-    let release = |what| {
-        sys::write_all(sync_w.as_raw_fd(), &[1]).map_err(|e| RunError::Sys {
+    let release = |what| match sys::write_all(sync_w.as_raw_fd(), &[1]) {
+        // The child already failed a setup step (a mount, say) and exited while we attached it:
+        // its report, read below, says why, which "broken pipe" would hide.
+        Ok(()) | Err(libc::EPIPE) => Ok(()),
+        Err(e) => Err(RunError::Sys {
             what,
             err: nix::errno::Errno::from_raw(e),
-        })
+        }),
     };
     release("release the sandbox")?;
     if let Enforcement::Cgroup(cg) = &enforcement {

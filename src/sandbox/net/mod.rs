@@ -7,8 +7,8 @@
 //! network namespace, binds the DNS forwarder's socket there, and starts the user-mode helper
 //! attached to it. Child half: the generated `/etc/resolv.conf`, `/etc/hosts` and
 //! `/etc/hostname` are written into the child's private setup tmpfs and bound read-only over the
-//! image's (see `mounts.rs`), so nothing is ever written into the rootfs cache and nothing is left
-//! on the host.
+//! image's (see `mounts/plan.rs`), so nothing is ever written into the rootfs cache and nothing
+//! is left on the host.
 //!
 //! Why the filter holds: it lives in the run's network namespace, which belongs to the run's user
 //! namespace. Changing it takes CAP_NET_ADMIN there, which the default capability set does not
