@@ -302,7 +302,7 @@ pub fn images(a: ImagesArgs) -> Result<i32, Failure> {
                 "{:<60} {:<19} {:>9} {:<20} {}",
                 r,
                 i.digest.chars().take(19).collect::<String>(),
-                human(i.size),
+                nsrun::store::progress::human(i.size),
                 i.created
                     .as_deref()
                     .unwrap_or("-")
@@ -314,21 +314,6 @@ pub fn images(a: ImagesArgs) -> Result<i32, Failure> {
         }
     }
     Ok(0)
-}
-
-fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < U.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.1}{}", U[i])
-    }
 }
 
 /// `nsrun inspect IMAGE`

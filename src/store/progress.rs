@@ -146,17 +146,25 @@ impl Drop for Display {
     }
 }
 
-fn human(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
+/// A byte count as Docker prints it (decimal units, no space): `512B`, `2.1MB`.
+///
+/// ```
+/// use nsrun::store::progress::human;
+/// assert_eq!(human(512), "512B");
+/// assert_eq!(human(2_100_000), "2.1MB");
+/// assert_eq!(human(3_500_000_000_000), "3.5TB");
+/// ```
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = n as f64;
     let mut i = 0;
-    while v >= 1000.0 && i < UNITS.len() - 1 {
+    while v >= 1000.0 && i + 1 < UNITS.len() {
         v /= 1000.0;
         i += 1;
     }
     if i == 0 {
-        format!("{n} B")
+        format!("{n}B")
     } else {
-        format!("{v:.1} {}", UNITS[i])
+        format!("{v:.1}{}", UNITS[i])
     }
 }
