@@ -355,13 +355,7 @@ impl UnderPty {
         }
         set_size(&pty.master, 33, 111);
         let before = termios::tcgetattr(pty.slave.as_fd()).unwrap();
-        let mut c = Command::new(nsrun_bin());
-        c.arg("run")
-            .arg("--rootfs")
-            .arg(rootfs())
-            .args(flags)
-            .arg("--")
-            .args(cmd);
+        let mut c = nsrun(flags, cmd);
         let slave = || Stdio::from(pty.slave.try_clone().unwrap());
         c.stdin(slave()).stdout(slave()).stderr(slave());
         // SAFETY: setsid and ioctl are async-signal-safe; nothing else runs between fork and exec.
